@@ -1,0 +1,288 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// tmpPrefix starts the names of FS's temporary files. List skips them, and
+// keys with a segment that starts with it are rejected.
+const tmpPrefix = ".tmp-"
+
+// createTempAttempts bounds Put's retries when a concurrent Delete removes
+// the object's directory.
+const createTempAttempts = 10
+
+// FS is a Store in a local directory: the object at key "a/b" is the file
+// root/a/b. Files are created with mode 0600 and directories with 0700:
+// exports hold tenants' data. Empty directories left by Delete are removed.
+//
+// A key cannot name both an object and a directory of objects: with "a/b"
+// stored, "a" is not an object, and Put to "a" fails (as does Put to "a/b/c"
+// with "a/b" stored).
+type FS struct {
+	root string
+}
+
+var _ Store = (*FS)(nil)
+
+// NewFS returns an FS rooted at dir, creating dir if needed.
+func NewFS(dir string) (*FS, error) {
+	root, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	return &FS{root: root}, nil
+}
+
+// Root returns the directory the store keeps its objects in.
+func (s *FS) Root() string { return s.root }
+
+// path validates key and returns its file path.
+func (s *FS) path(key string) (string, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", err
+	}
+	for seg := range strings.SplitSeq(key, "/") {
+		if strings.HasPrefix(seg, tmpPrefix) {
+			return "", fmt.Errorf("invalid key %q: segment %q has the reserved prefix %q", key, seg, tmpPrefix)
+		}
+	}
+	return filepath.Join(s.root, filepath.FromSlash(key)), nil
+}
+
+// Put writes r to a temporary file beside the object, syncs it, renames it
+// over the object and syncs the directory.
+func (s *FS) Put(ctx context.Context, key string, r io.Reader) (_ int64, err error) {
+	path, err := s.path(key)
+	if err != nil {
+		return 0, fmt.Errorf("put object: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("put object %q: %w", key, err)
+	}
+	dir := filepath.Dir(path)
+	f, err := s.createTemp(dir, filepath.Base(path))
+	if err != nil {
+		return 0, fmt.Errorf("put object %q: %w", key, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, removeTemp(f, tmp))
+		}
+	}()
+	n, err := io.Copy(f, ctxReader{ctx: ctx, r: r})
+	if err != nil {
+		return 0, fmt.Errorf("put object %q: write: %w", key, err)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("put object %q: sync: %w", key, err)
+	}
+	if err := f.Close(); err != nil {
+		return 0, fmt.Errorf("put object %q: close: %w", key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("put object %q: %w", key, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return 0, fmt.Errorf("put object %q: %w", key, err)
+	}
+	if err := syncDir(dir); err != nil {
+		// The object is in place; only its durability across a crash is in doubt.
+		return n, fmt.Errorf("put object %q: %w", key, err)
+	}
+	return n, nil
+}
+
+// createTemp creates a temporary file in dir, creating dir first. A
+// concurrent Delete removes directories it empties, possibly between the
+// two steps, so a missing directory is retried.
+func (s *FS) createTemp(dir, base string) (*os.File, error) {
+	for attempt := 1; ; attempt++ {
+		err := os.MkdirAll(dir, 0o700)
+		if err == nil {
+			var f *os.File
+			if f, err = os.CreateTemp(dir, tmpPrefix+base+"-*"); err == nil {
+				return f, nil
+			}
+		}
+		if !errors.Is(err, fs.ErrNotExist) || attempt == createTempAttempts {
+			return nil, fmt.Errorf("create temporary file: %w", err)
+		}
+	}
+}
+
+// removeTemp closes and removes a temporary file after a failed Put.
+func removeTemp(f *os.File, name string) error {
+	if err := f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("close temporary file: %w", err)
+	}
+	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove temporary file: %w", err)
+	}
+	return nil
+}
+
+// Get opens the object's file.
+func (s *FS) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	path, err := s.path(key)
+	if err != nil {
+		return nil, fmt.Errorf("get object: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("get object %q: %w", key, err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		if isNotExist(err) {
+			return nil, fmt.Errorf("get object %q: %w", key, ErrNotExist)
+		}
+		return nil, fmt.Errorf("get object %q: %w", key, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("get object %q: %w", key, err), f.Close())
+	}
+	if !fi.Mode().IsRegular() {
+		// A directory holding other objects' files is not an object.
+		return nil, errors.Join(fmt.Errorf("get object %q: %w", key, ErrNotExist), f.Close())
+	}
+	return f, nil
+}
+
+// Stat describes the object's file.
+func (s *FS) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	path, err := s.path(key)
+	if err != nil {
+		return ObjectInfo{}, fmt.Errorf("stat object: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return ObjectInfo{}, fmt.Errorf("stat object %q: %w", key, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		if isNotExist(err) {
+			return ObjectInfo{}, fmt.Errorf("stat object %q: %w", key, ErrNotExist)
+		}
+		return ObjectInfo{}, fmt.Errorf("stat object %q: %w", key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return ObjectInfo{}, fmt.Errorf("stat object %q: %w", key, ErrNotExist)
+	}
+	return ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// Delete removes the object's file, then the directories above it that are
+// left empty.
+func (s *FS) Delete(ctx context.Context, key string) error {
+	path, err := s.path(key)
+	if err != nil {
+		return fmt.Errorf("delete object: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete object %q: %w", key, err)
+	}
+	fi, err := os.Lstat(path)
+	switch {
+	case isNotExist(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("delete object %q: %w", key, err)
+	case fi.IsDir():
+		return nil // not an object
+	}
+	if err := os.Remove(path); err != nil && !isNotExist(err) {
+		return fmt.Errorf("delete object %q: %w", key, err)
+	}
+	for dir := filepath.Dir(path); dir != s.root; dir = filepath.Dir(dir) {
+		if err := os.Remove(dir); err != nil {
+			break // not empty, or gone: either way done
+		}
+	}
+	return nil
+}
+
+// List walks the directory that holds prefix's whole segments, then sorts:
+// directory order differs from key order ("a/b" sorts after "a.txt").
+func (s *FS) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	if err := validatePrefix(prefix); err != nil {
+		return fmt.Errorf("list objects: %w", err)
+	}
+	dir, _ := splitPrefix(prefix)
+	start := filepath.Join(s.root, filepath.FromSlash(dir))
+	var objects []ObjectInfo
+	err := filepath.WalkDir(start, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if isNotExist(err) {
+				return nil // nothing under the prefix, or deleted meanwhile
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if strings.HasPrefix(d.Name(), tmpPrefix) || !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(s.root, path)
+		if err != nil {
+			return err
+		}
+		key := filepath.ToSlash(rel)
+		if !strings.HasPrefix(key, prefix) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			if isNotExist(err) {
+				return nil // deleted meanwhile
+			}
+			return err
+		}
+		objects = append(objects, ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list objects %q: %w", prefix, err)
+	}
+	slices.SortFunc(objects, func(a, b ObjectInfo) int { return strings.Compare(a.Key, b.Key) })
+	for _, o := range objects {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("list objects %q: %w", prefix, err)
+		}
+		if err := fn(o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isNotExist reports a missing file, including a missing file under a path
+// component that is a file rather than a directory.
+func isNotExist(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
+func syncDir(dir string) (err error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	defer func() { err = errors.Join(err, d.Close()) }()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	return nil
+}
