@@ -78,10 +78,13 @@ func (e *env) tenants(t *testing.T, ctx context.Context) []string {
 	return ids
 }
 
+// currentLSN is the end of all WAL inserted so far. pg_current_wal_lsn() (the
+// write position) can stand before the commit record of a transaction that
+// committed with synchronous_commit off, as the test clusters do.
 func (e *env) currentLSN(t *testing.T, ctx context.Context) snapshot.LSN {
 	t.Helper()
 	var s string
-	require.NoError(t, e.admin.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&s))
+	require.NoError(t, e.admin.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&s))
 	l, err := pglogrepl.ParseLSN(s)
 	require.NoError(t, err)
 	return snapshot.LSN(l)
