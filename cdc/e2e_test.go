@@ -160,7 +160,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 func catchUp(t *testing.T, ctx context.Context, e *env, store *snapshot.Store) {
 	t.Helper()
 	target := e.currentLSN(t, ctx)
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	wctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	require.NoError(t, store.WaitFor(wctx, target), "staging did not reach %s", pglogrepl.LSN(target))
 }
@@ -235,7 +235,7 @@ func TestReplicationOracle(t *testing.T) {
 func TestSnapshotSeam(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	e := newEnv(t, ctx, 20, 300_000)
+	e := newEnv(t, ctx, 20, 150_000)
 	stats, stop := runWorkload(ctx, t, e, gen.Workload{Seed: 5, Tenants: e.tenantIDs(), Workers: 3})
 	// Let the workload get going, then snapshot under it.
 	before := e.currentLSN(t, ctx)

@@ -42,8 +42,12 @@ type streamer struct {
 	batchFirstTime time.Time // commit time of the batch's first transaction
 	lastCommitEnd  snapshot.LSN
 	serverWALEnd   snapshot.LSN
-	lastStatus     time.Time
-	txnChanges     int
+	// durable is the position staging has made durable: the only one ever
+	// confirmed to the slot. Advance moves staging's position in memory only;
+	// persist makes it durable.
+	durable    snapshot.LSN
+	lastStatus time.Time
+	txnChanges int
 	// Scratch rows reused across messages: staging copies what it keeps.
 	row, old  snapshot.Row
 	unchanged []bool
@@ -100,6 +104,10 @@ func (r *Replicator) stream(ctx context.Context) error {
 			s.batch.Abort()
 		}
 	}()
+	// A previous session in this process may have advanced staging in memory.
+	if err := s.persist(ctx); err != nil {
+		return err
+	}
 	return s.run(ctx)
 }
 
@@ -166,14 +174,38 @@ func (s *streamer) shutdown() error {
 			return err
 		}
 	}
+	if s.batch == nil {
+		if err := s.persist(ctx); err != nil {
+			return err
+		}
+	}
 	if err := s.sendStatus(ctx); err != nil {
 		s.r.log.Warn("confirm position on shutdown", "err", err)
 	}
 	return nil
 }
 
+// persist makes a position staging reached by Advance durable, with an
+// empty batch: one small synced metadata write.
+func (s *streamer) persist(ctx context.Context) error {
+	st := s.r.store.State()
+	if st.LSN <= s.durable || s.batch != nil {
+		return nil
+	}
+	b, err := s.r.store.Begin()
+	if err != nil {
+		return fmt.Errorf("begin staging batch: %w", err)
+	}
+	if err := b.Commit(ctx, st.LSN); err != nil {
+		b.Abort()
+		return fmt.Errorf("persist position %s: %w", pglogrepl.LSN(st.LSN), err)
+	}
+	s.durable = st.LSN
+	return nil
+}
+
 func (s *streamer) sendStatus(ctx context.Context) error {
-	pos := pglogrepl.LSN(s.r.store.State().LSN)
+	pos := pglogrepl.LSN(s.durable)
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos,
 	})
@@ -204,6 +236,8 @@ func (s *streamer) flush(ctx context.Context) error {
 	m.lagSeconds.Set(time.Since(s.batchFirstTime).Seconds())
 	s.batch = nil
 	s.batchTxns = 0
+	// Commit made staging's whole position durable, advances included.
+	s.durable = s.r.store.State().LSN
 	s.updateLagBytes()
 	// Confirm at once: the slot stops retaining WAL for what is durable, and
 	// whoever watches confirmed_flush_lsn sees progress without delay.
@@ -239,9 +273,6 @@ func (s *streamer) advance(ctx context.Context, lsn snapshot.LSN) error {
 	s.r.metrics.appliedLSN.Set(float64(lsn))
 	s.r.metrics.lagSeconds.Set(0)
 	s.updateLagBytes()
-	if time.Since(s.lastStatus) >= time.Second {
-		return s.sendStatus(ctx)
-	}
 	return nil
 }
 
@@ -369,7 +400,18 @@ func (s *streamer) apply(ctx context.Context, at snapshot.LSN, msg pglogrepl.Mes
 	case *pglogrepl.LogicalDecodingMessage:
 		if !msg.Transactional && msg.Prefix == heartbeatPrefix {
 			m.heartbeatsReceived.Inc()
-			return s.advance(ctx, snapshot.LSN(msg.LSN))
+			if err := s.advance(ctx, snapshot.LSN(msg.LSN)); err != nil {
+				return err
+			}
+			if s.inTxn {
+				return nil
+			}
+			// Make the heartbeat's position durable and confirm it, so the
+			// slot stops retaining WAL even when no published table changes.
+			if err := s.persist(ctx); err != nil {
+				return err
+			}
+			return s.sendStatus(ctx)
 		}
 	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage:
 		// Values arrive as text: type details don't change how they are staged.
