@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -254,13 +253,4 @@ func (r *Replicator) monitor(ctx context.Context, conn *pgx.Conn) error {
 			r.metrics.slotRetainedBytes.Set(float64(slot.RetainedBytes))
 		}
 	}
-}
-
-// Tables returns the configured table names, schema-qualified.
-func (r *Replicator) Tables() []string {
-	out := make([]string, len(r.cfg.Tables))
-	for i, t := range r.cfg.Tables {
-		out[i] = qualified(t)
-	}
-	return slices.Clip(out)
 }
