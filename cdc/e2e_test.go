@@ -340,3 +340,44 @@ func tempDir(t *testing.T) string {
 func oracleCompare(ctx context.Context, e *env, v *snapshot.Version, table, tenant string) (int, error) {
 	return oracle.Compare(ctx, e.admin, v, table, tenant)
 }
+
+// TestSlotInvalidated: a slot the server invalidated (max_slot_wal_keep_size
+// exceeded while exportd was away, wal_status = 'lost') is detected and
+// answered with a fresh snapshot; staging ends up exact.
+func TestSlotInvalidated(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e := newEnv(t, ctx, 5, 5_000)
+	dir := t.TempDir()
+	r := startReplicator(t, ctx, e, dir)
+	waitFor(t, time.Minute, "initial snapshot", func() bool { return r.store.State().SnapshotDone })
+	catchUp(t, ctx, e, r.store)
+	r.stop(t)
+
+	for _, sql := range []string{"ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'", "SELECT pg_reload_conf()"} {
+		_, err := e.admin.Exec(ctx, sql)
+		require.NoError(t, err)
+	}
+	waitFor(t, time.Minute, "the slot to be invalidated", func() bool {
+		for _, sql := range []string{
+			"UPDATE candidates SET updated_at = updated_at + interval '1 second' WHERE tenant_id = (SELECT min(id) FROM tenants)",
+			"SELECT pg_switch_wal()", "CHECKPOINT",
+		} {
+			_, err := e.admin.Exec(ctx, sql)
+			require.NoError(t, err)
+		}
+		var status *string
+		require.NoError(t, e.admin.QueryRow(ctx, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'exportd'").Scan(&status))
+		return status != nil && *status == "lost"
+	})
+
+	r = startReplicator(t, ctx, e, dir)
+	waitFor(t, time.Minute, "a fresh slot", func() bool {
+		var status *string
+		err := e.admin.QueryRow(ctx, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'exportd'").Scan(&status)
+		return err == nil && status != nil && *status != "lost" && r.repl.Connected()
+	})
+	catchUp(t, ctx, e, r.store)
+	checkOracle(t, ctx, e, r.store)
+	require.Equal(t, 1.0, counterValue(t, r.reg, "exportd_replication_slot_lost_total"))
+}
