@@ -47,10 +47,7 @@ type streamer struct {
 	// persist makes it durable.
 	durable    snapshot.LSN
 	lastStatus time.Time
-	txnChanges int
-	// Scratch rows reused across messages: staging copies what it keeps.
-	row, old  snapshot.Row
-	unchanged []bool
+	dec        decoder
 }
 
 // stream starts replication at staging's position and applies changes until
@@ -302,6 +299,13 @@ func (s *streamer) copyData(ctx context.Context, data []byte) error {
 			return fmt.Errorf("parse XLogData: %w", err)
 		}
 		s.serverWALEnd = max(s.serverWALEnd, snapshot.LSN(xld.ServerWALEnd))
+		c, ok, err := s.dec.decodeChange(xld.WALData)
+		if err != nil {
+			return fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, err)
+		}
+		if ok {
+			return s.applyChange(c)
+		}
 		msg, err := pglogrepl.Parse(xld.WALData)
 		if err != nil {
 			return fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, err)
@@ -326,7 +330,6 @@ func (s *streamer) apply(ctx context.Context, at snapshot.LSN, msg pglogrepl.Mes
 			s.batchFirstTime = msg.CommitTime
 		}
 		s.inTxn = true
-		s.txnChanges = 0
 	case *pglogrepl.CommitMessage:
 		s.inTxn = false
 		s.batchTxns++
@@ -336,56 +339,6 @@ func (s *streamer) apply(ctx context.Context, at snapshot.LSN, msg pglogrepl.Mes
 		}
 	case *pglogrepl.RelationMessage:
 		return s.relation(msg)
-	case *pglogrepl.InsertMessage:
-		rel, ok := s.rels[msg.RelationID]
-		if !ok || !rel.configured {
-			return s.unknownRelation(msg.RelationID, rel)
-		}
-		row, _, err := s.tuple(msg.Tuple, &s.row, false)
-		if err != nil {
-			return fmt.Errorf("decode insert into %s: %w", rel.name, err)
-		}
-		if err := s.batch.Insert(rel.name, row); err != nil {
-			return s.applyErr("insert into", rel.name, err)
-		}
-		m.changes.WithLabelValues(rel.name, "insert").Inc()
-	case *pglogrepl.UpdateMessage:
-		rel, ok := s.rels[msg.RelationID]
-		if !ok || !rel.configured {
-			return s.unknownRelation(msg.RelationID, rel)
-		}
-		var old snapshot.Row
-		if msg.OldTuple != nil {
-			o, _, err := s.tuple(msg.OldTuple, &s.old, false)
-			if err != nil {
-				return fmt.Errorf("decode old tuple of update on %s: %w", rel.name, err)
-			}
-			old = o
-		}
-		row, unchanged, err := s.tuple(msg.NewTuple, &s.row, true)
-		if err != nil {
-			return fmt.Errorf("decode update on %s: %w", rel.name, err)
-		}
-		if err := s.batch.Update(rel.name, old, row, unchanged); err != nil {
-			return s.applyErr("update", rel.name, err)
-		}
-		m.changes.WithLabelValues(rel.name, "update").Inc()
-	case *pglogrepl.DeleteMessage:
-		rel, ok := s.rels[msg.RelationID]
-		if !ok || !rel.configured {
-			return s.unknownRelation(msg.RelationID, rel)
-		}
-		if msg.OldTuple == nil {
-			return fmt.Errorf("delete on %s carries no old tuple (replica identity NOTHING?)", rel.name)
-		}
-		old, _, err := s.tuple(msg.OldTuple, &s.old, false)
-		if err != nil {
-			return fmt.Errorf("decode delete on %s: %w", rel.name, err)
-		}
-		if err := s.batch.Delete(rel.name, old); err != nil {
-			return s.applyErr("delete from", rel.name, err)
-		}
-		m.changes.WithLabelValues(rel.name, "delete").Inc()
 	case *pglogrepl.TruncateMessage:
 		for _, id := range msg.RelationIDs {
 			rel, ok := s.rels[id]
@@ -427,6 +380,35 @@ func (s *streamer) applyErr(op, table string, err error) error {
 		return fmt.Errorf("%s %s: %w: %w", op, table, errResnapshot, err)
 	}
 	return fmt.Errorf("%s %s: %w", op, table, err)
+}
+
+// applyChange applies an Insert, Update or Delete to the open batch.
+func (s *streamer) applyChange(c change) error {
+	rel, ok := s.rels[c.relation]
+	if !ok || !rel.configured {
+		return s.unknownRelation(c.relation, rel)
+	}
+	if s.batch == nil || !s.inTxn {
+		return fmt.Errorf("change on %s outside a transaction", rel.name)
+	}
+	var err error
+	var op string
+	switch c.kind {
+	case 'I':
+		op, err = "insert", s.batch.Insert(rel.name, c.row)
+	case 'U':
+		op, err = "update", s.batch.Update(rel.name, c.old, c.row, c.unchanged)
+	case 'D':
+		if c.old == nil {
+			return fmt.Errorf("delete on %s carries no old tuple (replica identity NOTHING?)", rel.name)
+		}
+		op, err = "delete", s.batch.Delete(rel.name, c.old)
+	}
+	if err != nil {
+		return s.applyErr(op, rel.name, err)
+	}
+	s.r.metrics.changes.WithLabelValues(rel.name, op).Inc()
+	return nil
 }
 
 func (s *streamer) unknownRelation(id uint32, rel relation) error {
@@ -492,41 +474,6 @@ func (s *streamer) relation(msg *pglogrepl.RelationMessage) error {
 func sameSchema(a, b snapshot.TableSchema) bool {
 	return a.Name == b.Name && a.TenantColumn == b.TenantColumn &&
 		slices.Equal(a.Columns, b.Columns) && slices.Equal(a.KeyColumns, b.KeyColumns)
-}
-
-// tuple converts pgoutput tuple data to a staging row in the scratch slice dst.
-func (s *streamer) tuple(td *pglogrepl.TupleData, dst *snapshot.Row, allowUnchanged bool) (snapshot.Row, []bool, error) {
-	row := (*dst)[:0]
-	var unchanged []bool
-	for i, c := range td.Columns {
-		switch c.DataType {
-		case pglogrepl.TupleDataTypeNull:
-			row = append(row, nil)
-		case pglogrepl.TupleDataTypeText:
-			if c.Data == nil {
-				row = append(row, []byte{})
-			} else {
-				row = append(row, c.Data)
-			}
-		case pglogrepl.TupleDataTypeToast:
-			if !allowUnchanged {
-				return nil, nil, fmt.Errorf("column %d: unchanged TOAST value in an old tuple", i)
-			}
-			if unchanged == nil {
-				unchanged = s.unchanged[:0]
-				for range td.Columns {
-					unchanged = append(unchanged, false)
-				}
-				s.unchanged = unchanged
-			}
-			unchanged[i] = true
-			row = append(row, nil)
-		default:
-			return nil, nil, fmt.Errorf("column %d: unexpected tuple data kind %q", i, c.DataType)
-		}
-	}
-	*dst = row
-	return row, unchanged, nil
 }
 
 // classifyStreamErr maps the server's answers about a missing or invalidated
