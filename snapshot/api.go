@@ -92,12 +92,16 @@ type Options struct {
 	Logger     *slog.Logger          // default slog.Default()
 	Registerer prometheus.Registerer // nil: metrics are not registered
 	// MemoryLimit bounds the bytes of pending changes held in memory by a Batch
-	// or Load before they are spilled to disk (default 64 MiB).
+	// or Load before they are spilled to disk (default 64 MiB). It counts row
+	// data plus per-change overhead (entries, hash slots, sort references,
+	// key-to-tenant index updates); a Load uses half for the chunks being
+	// filled and half for the run being written.
 	MemoryLimit int64
 	// CompactInterval is how often the background compactor looks for work
 	// (default 1s). Compaction never blocks a Commit for long.
 	CompactInterval time.Duration
-	// Compression of base files: "zstd" (default; fastest level), "snappy" or "none".
+	// Compression of base files: "zstd" (default; fastest level), "snappy"
+	// or "none".
 	Compression string
 	// SegmentCompression of delta segments (default "snappy": they are
 	// transient and point lookups decode their pages).

@@ -434,3 +434,34 @@ func TestManyTenants(t *testing.T) {
 	require.LessOrEqual(t, s.Stats().OpenFiles, 16)
 	_ = errors.New
 }
+
+// TestCloseDuringCompaction checks that Close stops a running Compact call
+// and that reopening finds the data intact.
+func TestCloseDuringCompaction(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(ctx, dir, Options{Logger: testLogger(), MemoryLimit: 64 << 10, policy: policy{fanIn: 4, maxSegments: 2, manual: true}})
+	require.NoError(t, err)
+	var rows []Row
+	for i := range 20000 {
+		rows = append(rows, row(strconv.Itoa(i), strconv.Itoa(i%50), strings.Repeat("v", 30)))
+	}
+	loadRows(t, s, 1, []TableSchema{schemaItems}, map[string][]Row{schemaItems.Name: rows})
+	done := make(chan error, 1)
+	go func() { done <- s.Compact(ctx) }()
+	require.NoError(t, s.Close())
+	err = <-done
+	if err != nil {
+		require.True(t, errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed), err)
+	}
+	s2 := openTestStore(t, dir, Options{})
+	v, err := s2.Pin(ctx)
+	require.NoError(t, err)
+	defer v.Close()
+	n := 0
+	for tenant := range 50 {
+		n += len(scanAll(t, v, schemaItems.Name, strconv.Itoa(tenant)))
+	}
+	require.Equal(t, 20000, n)
+	requireNoOrphans(t, s2)
+}

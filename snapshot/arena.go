@@ -47,24 +47,6 @@ func (a *arena) get(s span) []byte {
 	return a.chunks[s.c][s.off : s.off+s.n : s.off+s.n]
 }
 
-// size is the memory held (chunk capacities).
-func (a *arena) size() int64 {
-	var n int64
-	for _, c := range a.chunks {
-		n += int64(cap(c))
-	}
-	return n
-}
-
-// used is the number of bytes stored.
-func (a *arena) used() int64 {
-	var n int64
-	for _, c := range a.chunks {
-		n += int64(len(c))
-	}
-	return n
-}
-
 // reset forgets the content; oversized chunks are dropped.
 func (a *arena) reset() {
 	k := 0
@@ -81,35 +63,49 @@ func (a *arena) reset() {
 
 // sortRef is one entry to be sorted by (sk, seq) before it is written.
 type sortRef struct {
-	sk       []byte
-	pfx, px2 uint64 // the first 16 bytes of sk, zero-padded: most comparisons end here
-	seq      int64
-	ref      uint64 // caller's locator of the entry
+	sk            []byte
+	pfx, px2, px3 uint64 // the first 24 bytes of sk, zero-padded: most comparisons end here
+	seq           int64
+	ref           uint64 // caller's locator of the entry
 }
 
 func newSortRef(sk []byte, seq int64, ref uint64) sortRef {
 	r := sortRef{sk: sk, seq: seq, ref: ref}
-	if len(sk) >= 16 {
+	if len(sk) >= 24 {
 		r.pfx = binary.BigEndian.Uint64(sk)
 		r.px2 = binary.BigEndian.Uint64(sk[8:])
+		r.px3 = binary.BigEndian.Uint64(sk[16:])
 		return r
 	}
-	var b [16]byte
+	var b [24]byte
 	copy(b[:], sk)
 	r.pfx = binary.BigEndian.Uint64(b[:])
 	r.px2 = binary.BigEndian.Uint64(b[8:])
+	r.px3 = binary.BigEndian.Uint64(b[16:])
 	return r
 }
 
+// refCompare orders by sk.
+func refCompare(a, b *sortRef) int {
+	if a.pfx != b.pfx {
+		return cmp.Compare(a.pfx, b.pfx)
+	}
+	if a.px2 != b.px2 {
+		return cmp.Compare(a.px2, b.px2)
+	}
+	if a.px3 != b.px3 {
+		return cmp.Compare(a.px3, b.px3)
+	}
+	if len(a.sk) <= 24 || len(b.sk) <= 24 {
+		return bytes.Compare(a.sk, b.sk)
+	}
+	return bytes.Compare(a.sk[24:], b.sk[24:])
+}
+
+// sortRefs sorts by (sk, seq).
 func sortRefs(refs []sortRef) {
 	slices.SortFunc(refs, func(a, b sortRef) int {
-		if a.pfx != b.pfx {
-			return cmp.Compare(a.pfx, b.pfx)
-		}
-		if a.px2 != b.px2 {
-			return cmp.Compare(a.px2, b.px2)
-		}
-		if c := bytes.Compare(a.sk, b.sk); c != 0 {
+		if c := refCompare(&a, &b); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.seq, b.seq)

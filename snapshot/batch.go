@@ -471,7 +471,7 @@ func (b *Batch) memFind(sk []byte) int32 {
 // idxGet returns the batch's view of an index key, reading the pending and
 // committed index if the batch has not seen the key yet.
 func (b *Batch) idxGet(t *tableMeta, key []byte) (*idxEnt, error) {
-	b.ik = append(append(b.ik[:0], indexPrefix(t.ID, t.IdxGen)...), key...)
+	b.ik = append(appendIndexPrefix(b.ik[:0], t.ID, t.IdxGen), key...)
 	if e, ok := b.idx[string(b.ik)]; ok {
 		return e, nil
 	}
@@ -509,7 +509,7 @@ func (b *Batch) idxGet(t *tableMeta, key []byte) (*idxEnt, error) {
 // idxEntry returns the batch's entry for an index key without reading the
 // index (for blind writes).
 func (b *Batch) idxEntry(t *tableMeta, key []byte) *idxEnt {
-	b.ik = append(append(b.ik[:0], indexPrefix(t.ID, t.IdxGen)...), key...)
+	b.ik = append(appendIndexPrefix(b.ik[:0], t.ID, t.IdxGen), key...)
 	if e, ok := b.idx[string(b.ik)]; ok {
 		return e
 	}

@@ -245,3 +245,32 @@ func BenchmarkScan(b *testing.B) {
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "rows/s")
 	b.ReportMetric(float64(size)/b.Elapsed().Seconds()/1e6, "MB/s")
 }
+
+// BenchmarkCompactAfterLoad measures turning a load's runs into base files
+// (merges and the fold): b.N rows over 1,000 tenants, MemoryLimit 16 MiB so
+// the load leaves many runs.
+func BenchmarkCompactAfterLoad(b *testing.B) {
+	ctx := context.Background()
+	s := openTestStore(b, b.TempDir(), Options{MemoryLimit: 16 << 20, policy: policy{fanIn: 32, maxSegments: 16, manual: true}})
+	br := newBenchRows(1<<14, 1000)
+	l, err := s.BeginLoad(ctx, "slot", 1, []TableSchema{tenantKeySchema})
+	require.NoError(b, err)
+	lw, err := l.Writer(tenantKeySchema.Name)
+	require.NoError(b, err)
+	row := make(Row, 10)
+	for i := range b.N {
+		copy(row, br.rows[i&(len(br.rows)-1)])
+		row[0] = []byte(strconv.Itoa(i))
+		require.NoError(b, lw.Append(row))
+	}
+	require.NoError(b, lw.Close())
+	require.NoError(b, l.Commit(ctx))
+	runs := s.Stats().Segments
+	b.ResetTimer()
+	require.NoError(b, s.Compact(ctx))
+	b.StopTimer()
+	st := s.Stats()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+	b.ReportMetric(float64(runs), "runs")
+	b.ReportMetric(float64(st.BaseBytes)/float64(b.N), "base_bytes/row")
+}

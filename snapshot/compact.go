@@ -272,8 +272,9 @@ func (s *Store) installEdit(dv *dataVer, e *edit) (bool, error) {
 		inputs[in.Num] = true
 		removed = append(removed, in.name())
 	}
-	s.mu.Lock()
-	nd := s.cur.derive()
+	// writeMu keeps s.cur stable: build the new version without s.mu (the
+	// bases map can be large), then swap it in.
+	nd := cur.derive()
 	segs := make([]*segMeta, 0, len(nd.segs)+1)
 	for _, sg := range nd.segs {
 		if !inputs[sg.Num] {
@@ -298,6 +299,7 @@ func (s *Store) installEdit(dv *dataVer, e *edit) (bool, error) {
 		}
 		nd.setBases(bases)
 	}
+	s.mu.Lock()
 	del := s.installLocked(nd, removed)
 	if e.kind == compactMerge {
 		s.merges++

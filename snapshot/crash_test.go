@@ -85,6 +85,9 @@ func TestCrash(t *testing.T) {
 	if testing.Short() {
 		rounds = 2
 	}
+	if n, _ := strconv.Atoi(os.Getenv("EXPORTD_CRASH_ROUNDS")); n > 0 { // soak
+		rounds = n
+	}
 	for pi, point := range crashPoints {
 		t.Run(point, func(t *testing.T) {
 			ctx := context.Background()
@@ -214,6 +217,9 @@ func TestCrashKill(t *testing.T) {
 	kills := 6
 	if testing.Short() {
 		kills = 2
+	}
+	if n, _ := strconv.Atoi(os.Getenv("EXPORTD_CRASH_ROUNDS")); n > 0 { // soak
+		kills = n
 	}
 	dir := t.TempDir()
 	const seed = 4242

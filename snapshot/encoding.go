@@ -250,17 +250,6 @@ func appendPayload(dst []byte, gen int, row Row) []byte {
 	return dst
 }
 
-func payloadSize(row Row) int {
-	n := 2
-	for _, v := range row {
-		n += 1 + len(v)
-		if len(v) >= 127 {
-			n += 2
-		}
-	}
-	return n
-}
-
 var errBadPayload = errors.New("malformed row payload")
 
 // payloadGen returns the schema generation of a payload.

@@ -46,6 +46,9 @@ type Load struct {
 	done     bool
 }
 
+// loadIdxBatchBytes bounds each writer's unwritten index updates.
+const loadIdxBatchBytes = 1 << 20
+
 type loadChunk struct {
 	buf  []byte
 	ents []loadEnt
@@ -57,7 +60,7 @@ type loadEnt struct {
 }
 
 func (c *loadChunk) size() int64 {
-	return int64(cap(c.buf)) + int64(cap(c.ents))*16 + int64(cap(c.refs))*56
+	return int64(cap(c.buf)) + int64(cap(c.ents))*16 + int64(cap(c.refs))*64
 }
 
 // sortEntries sorts the chunk's entries (done by the writer that filled it).
@@ -80,6 +83,7 @@ type LoadWriter struct {
 	sk     []byte
 	pl     []byte
 	ik     []byte
+	err    error // sticky: the load failed
 	closed bool
 }
 
@@ -168,6 +172,9 @@ func (w *LoadWriter) Append(row Row) error {
 	if w.l.aborted.Load() {
 		return errors.New("append: load was aborted")
 	}
+	if w.err != nil {
+		return w.err
+	}
 	g := w.g
 	if len(row) != len(g.Cols) {
 		return fmt.Errorf("append to %s: row has %d values, the table has %d columns", w.t.Name, len(row), len(g.Cols))
@@ -187,8 +194,8 @@ func (w *LoadWriter) Append(row Row) error {
 	need := len(w.sk) + len(w.pl)
 	if len(ch.buf)+need > cap(ch.buf) && len(ch.ents) > 0 {
 		if err := w.l.submit(ch); err != nil {
-			w.ch = nil
-			return err
+			w.ch, w.err = nil, fmt.Errorf("append to %s: %w", w.t.Name, err)
+			return w.err
 		}
 		w.l.mu.Lock()
 		ch = w.l.getChunkLocked()
@@ -204,11 +211,11 @@ func (w *LoadWriter) Append(row Row) error {
 	ch.ents = append(ch.ents, loadEnt{skOff: off, skLen: uint32(len(w.sk)), plOff: off + uint32(len(w.sk)), plLen: uint32(len(w.pl))})
 
 	if !g.tenantInKey {
-		w.ik = append(append(w.ik[:0], indexPrefix(w.t.ID, 0)...), w.sk[tenantEnd:]...)
+		w.ik = append(appendIndexPrefix(w.ik[:0], w.t.ID, 0), w.sk[tenantEnd:]...)
 		if err := w.idx.Set(w.ik, w.sk[4:tenantEnd], nil); err != nil {
 			return fmt.Errorf("append to %s: index: %w", w.t.Name, err)
 		}
-		if w.idx.Len() >= idxBatchBytes {
+		if w.idx.Len() >= loadIdxBatchBytes {
 			if err := w.flushIndex(); err != nil {
 				return err
 			}
@@ -268,11 +275,15 @@ func (l *Load) submit(ch *loadChunk) error {
 	if l.curBytes < l.threshold {
 		return nil
 	}
-	for l.spilling {
-		l.cond.Wait()
+	l.waitSpillLocked()
+	if l.err != nil {
+		return l.err
+	}
+	if l.done {
+		return errors.New("load is finished")
 	}
 	if len(l.cur) == 0 || l.curBytes < l.threshold {
-		return l.err // another writer started a spill meanwhile
+		return nil // another writer started a spill meanwhile
 	}
 	l.startSpillLocked()
 	return nil
@@ -319,15 +330,7 @@ type chunkCursor struct {
 
 func (cc *chunkCursor) ref() *sortRef { return &cc.c.refs[cc.pos] }
 
-func refLess(a, b *sortRef) bool {
-	if a.pfx != b.pfx {
-		return a.pfx < b.pfx
-	}
-	if a.px2 != b.px2 {
-		return a.px2 < b.px2
-	}
-	return bytes.Compare(a.sk, b.sk) < 0
-}
+func refLess(a, b *sortRef) bool { return refCompare(a, b) < 0 }
 
 // writeRun merges the sorted chunks into one run file.
 func (l *Load) writeRun(set []*loadChunk) (*segMeta, error) {

@@ -245,8 +245,13 @@ func baseKey(table uint32, tenant []byte) []byte {
 }
 
 func indexPrefix(table, gen uint32) []byte {
-	b := binary.BigEndian.AppendUint32([]byte(prefixIndex), table)
-	return binary.BigEndian.AppendUint32(b, gen)
+	return appendIndexPrefix(nil, table, gen)
+}
+
+func appendIndexPrefix(dst []byte, table, gen uint32) []byte {
+	dst = append(dst, prefixIndex...)
+	dst = binary.BigEndian.AppendUint32(dst, table)
+	return binary.BigEndian.AppendUint32(dst, gen)
 }
 
 func indexTablePrefix(table uint32) []byte {

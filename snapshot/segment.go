@@ -10,7 +10,6 @@ import (
 	"github.com/klauspost/compress/s2"
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress"
-	"github.com/parquet-go/parquet-go/compress/lz4"
 	"github.com/parquet-go/parquet-go/compress/snappy"
 	"github.com/parquet-go/parquet-go/compress/zstd"
 )
@@ -71,8 +70,6 @@ func codecFor(name string) compress.Codec {
 	switch name {
 	case "zstd":
 		return &zstd.Codec{Level: zstd.SpeedFastest}
-	case "lz4":
-		return &lz4.Codec{Level: lz4.Fastest}
 	case "none":
 		return &parquet.Uncompressed
 	}

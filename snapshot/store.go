@@ -115,11 +115,18 @@ type obsoleteFiles struct {
 	names []string
 }
 
-// derive returns a copy of dv sharing its immutable parts.
+// derive returns a copy of dv sharing its immutable parts (not id and
+// refs, which s.mu guards).
 func (dv *dataVer) derive() *dataVer {
-	n := *dv
-	n.id, n.refs = 0, 0
-	return &n
+	return &dataVer{
+		epoch:     dv.epoch,
+		tables:    dv.tables,
+		byName:    dv.byName,
+		segs:      dv.segs,
+		bases:     dv.bases,
+		segBytes:  dv.segBytes,
+		baseBytes: dv.baseBytes,
+	}
 }
 
 func (dv *dataVer) setSegs(segs []*segMeta) {
@@ -197,7 +204,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	for _, c := range []string{opts.Compression, opts.SegmentCompression} {
 		switch c {
-		case "zstd", "snappy", "lz4", "none":
+		case "zstd", "snappy", "none":
 		default:
 			return nil, fmt.Errorf("open store: unknown compression %q", c)
 		}

@@ -1,9 +1,9 @@
 package snapshot
 
 import (
-	"os"
 	"context"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"testing"
 	"time"
