@@ -137,6 +137,12 @@ func (s *Store) compactOnce(ctx context.Context, force bool) (bool, error) {
 	defer context.AfterFunc(s.life, cancel)() // Close stops a compaction
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
+	// Close cancels s.life before it waits for compactMu; AfterFunc above
+	// cancels ctx only asynchronously, so check here, under the lock, that
+	// the store is still open: no compaction may write files after Close.
+	if s.life.Err() != nil {
+		return false, ErrClosed
+	}
 	dv, err := s.pinCurrent()
 	if err != nil {
 		return false, err
