@@ -110,6 +110,11 @@ func TestModel(t *testing.T) {
 // of the current version.
 func requireNoOrphans(t testing.TB, s *Store) {
 	t.Helper()
+	// A background compaction writes its outputs before it installs them,
+	// holding compactMu throughout: hold it too, so the listing and the
+	// manifest are of the same moment.
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
 	names, err := s.objs.List("")
 	require.NoError(t, err)
 	want := map[string]bool{}
