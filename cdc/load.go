@@ -1,10 +1,13 @@
 package cdc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,11 +88,7 @@ func planChunks(ctx context.Context, conn *pgx.Conn, tables []snapshot.TableSche
 		}
 	}
 	// Largest first.
-	for i := 1; i < len(chunks); i++ {
-		for j := i; j > 0 && chunks[j].estBytes > chunks[j-1].estBytes; j-- {
-			chunks[j], chunks[j-1] = chunks[j-1], chunks[j]
-		}
-	}
+	slices.SortStableFunc(chunks, func(a, b copyChunk) int { return cmp.Compare(b.estBytes, a.estBytes) })
 	return chunks, total, nil
 }
 
@@ -241,7 +240,7 @@ func (r *Replicator) copyChunk(ctx context.Context, conn *pgx.Conn, load *snapsh
 }
 
 type countingWriter struct {
-	w interface{ Write([]byte) (int, error) }
+	w io.Writer
 	n *atomic.Int64
 }
 
