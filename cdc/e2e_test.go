@@ -269,6 +269,12 @@ func TestSlotLost(t *testing.T) {
 	catchUp(t, ctx, e, r.store)
 	r.stop(t)
 
+	// The server's walsender may outlive the closed connection for a moment.
+	waitFor(t, 30*time.Second, "the slot to be released", func() bool {
+		var active bool
+		require.NoError(t, e.admin.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = 'exportd'").Scan(&active))
+		return !active
+	})
 	_, err := e.admin.Exec(ctx, "SELECT pg_drop_replication_slot('exportd')")
 	require.NoError(t, err)
 	stats, stop := runWorkload(ctx, t, e, gen.Workload{Seed: 3, Tenants: e.tenantIDs(), Workers: 2, Duration: 2 * time.Second})
