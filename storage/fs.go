@@ -137,29 +137,44 @@ func removeTemp(f *os.File, name string) error {
 
 // Get opens the object's file.
 func (s *FS) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	f, _, err := s.open(ctx, "get", key)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Open opens the object's file and describes it, for callers that need
+// the file itself, such as DownloadHandler serving byte ranges. The error
+// wraps ErrNotExist if there is no object at key.
+func (s *FS) Open(ctx context.Context, key string) (*os.File, ObjectInfo, error) {
+	return s.open(ctx, "open", key)
+}
+
+func (s *FS) open(ctx context.Context, op, key string) (*os.File, ObjectInfo, error) {
 	path, err := s.path(key)
 	if err != nil {
-		return nil, fmt.Errorf("get object: %w", err)
+		return nil, ObjectInfo{}, fmt.Errorf("%s object: %w", op, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("get object %q: %w", key, err)
+		return nil, ObjectInfo{}, fmt.Errorf("%s object %q: %w", op, key, err)
 	}
 	f, err := os.Open(path)
 	if err != nil {
 		if isNotExist(err) {
-			return nil, fmt.Errorf("get object %q: %w", key, ErrNotExist)
+			return nil, ObjectInfo{}, fmt.Errorf("%s object %q: %w", op, key, ErrNotExist)
 		}
-		return nil, fmt.Errorf("get object %q: %w", key, err)
+		return nil, ObjectInfo{}, fmt.Errorf("%s object %q: %w", op, key, err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("get object %q: %w", key, err), f.Close())
+		return nil, ObjectInfo{}, errors.Join(fmt.Errorf("%s object %q: %w", op, key, err), f.Close())
 	}
 	if !fi.Mode().IsRegular() {
 		// A directory holding other objects' files is not an object.
-		return nil, errors.Join(fmt.Errorf("get object %q: %w", key, ErrNotExist), f.Close())
+		return nil, ObjectInfo{}, errors.Join(fmt.Errorf("%s object %q: %w", op, key, ErrNotExist), f.Close())
 	}
-	return f, nil
+	return f, ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
 
 // Stat describes the object's file.

@@ -1,8 +1,14 @@
 // Package storage owns exportd's object stores: the places where the
 // platform's files live and where published export bundles are written. An
-// object is a byte string under a key; FS keeps objects in a local
-// directory. Store is the contract every implementation meets; consumers
-// should depend on the one or two methods they use.
+// object is a byte string under a key. Store is the contract every
+// implementation meets, and Linker the one for handing out download links;
+// consumers should depend on the one or two methods they use.
+//
+// There are two implementations. FS keeps objects in a local directory, the
+// default for local runs; its links (FSLinker) are HMAC-signed URLs (Signer)
+// served by exportd's own download endpoint (DownloadHandler). S3 keeps them
+// in an S3 bucket or an S3-compatible store; its links are presigned GET
+// URLs.
 package storage
 
 import (
@@ -10,8 +16,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"path"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // ErrNotExist is wrapped by the errors of Get and Stat for a missing object.
@@ -42,6 +52,112 @@ type Store interface {
 	// unwrapped. prefix is a plain string prefix ("a/b" matches "a/b/c" and
 	// "a/bc"); "" lists everything.
 	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+}
+
+// DefaultLinkTTL is how long a link is valid when LinkOptions.TTL is 0.
+const DefaultLinkTTL = 7 * 24 * time.Hour
+
+// MaxLinkTTL is the longest validity a link can have: the limit of AWS
+// Signature Version 4 presigned URLs, applied to every Linker so that links
+// behave the same whatever the backend.
+const MaxLinkTTL = 7 * 24 * time.Hour
+
+// Linker issues download links for stored objects.
+type Linker interface {
+	// Link returns a URL from which anyone holding it can download the object
+	// at key with a plain HTTP GET until Link.Expires, and no longer. The
+	// error wraps ErrNotExist if there is no object at key. A TTL above
+	// MaxLinkTTL is an error, not shortened.
+	Link(ctx context.Context, key string, o LinkOptions) (Link, error)
+}
+
+// LinkOptions tunes a link.
+type LinkOptions struct {
+	// TTL is how long the link is valid, at least a second and at most
+	// MaxLinkTTL; 0 means DefaultLinkTTL.
+	TTL time.Duration
+	// FileName is the name a browser saves the download as (the filename of
+	// a Content-Disposition: attachment header); "" means the key's last
+	// segment. It must not contain slashes, backslashes or control
+	// characters.
+	FileName string
+	// ContentType is the download's Content-Type; "" means
+	// application/octet-stream.
+	ContentType string
+}
+
+// Link is a download link.
+type Link struct {
+	URL string
+	// Expires is when the link stops working.
+	Expires time.Time
+}
+
+// defaultContentType is the Content-Type of downloads that do not set one.
+const defaultContentType = "application/octet-stream"
+
+// linkParams validates o for key and fills in its defaults.
+func linkParams(key string, o LinkOptions) (LinkOptions, error) {
+	if err := ValidateKey(key); err != nil {
+		return o, err
+	}
+	switch {
+	case o.TTL == 0:
+		o.TTL = DefaultLinkTTL
+	case o.TTL < time.Second:
+		return o, fmt.Errorf("invalid link TTL %v: below the minimum of 1s", o.TTL)
+	case o.TTL > MaxLinkTTL:
+		return o, fmt.Errorf("invalid link TTL %v: above the maximum of %v", o.TTL, MaxLinkTTL)
+	}
+	if o.FileName == "" {
+		o.FileName = path.Base(key)
+	}
+	if err := checkFileName(o.FileName); err != nil {
+		return o, err
+	}
+	if o.ContentType == "" {
+		o.ContentType = defaultContentType
+	}
+	if _, _, err := mime.ParseMediaType(o.ContentType); err != nil {
+		return o, fmt.Errorf("invalid content type %q: %w", o.ContentType, err)
+	}
+	return o, nil
+}
+
+func checkFileName(name string) error {
+	if name == "." || name == ".." {
+		return fmt.Errorf("invalid file name %q", name)
+	}
+	for _, r := range name {
+		if r == '/' || r == '\\' || unicode.IsControl(r) || r == utf8.RuneError {
+			return fmt.Errorf("invalid file name %q: contains %q", name, r)
+		}
+	}
+	return nil
+}
+
+// contentDisposition returns the Content-Disposition of a download saved as
+// name: RFC 6266's attachment with a plain ASCII filename for old clients
+// and, if name is not plain ASCII, the exact name as RFC 8187's filename*.
+func contentDisposition(name string) string {
+	ascii := []rune(name)
+	plain := true
+	for i, r := range ascii {
+		if r < 0x20 || r > 0x7e {
+			ascii[i] = '_'
+			plain = false
+		}
+	}
+	v := mime.FormatMediaType("attachment", map[string]string{"filename": string(ascii)})
+	if plain {
+		return v
+	}
+	// FormatMediaType writes a non-ASCII value as filename*=utf-8''...
+	ext := mime.FormatMediaType("attachment", map[string]string{"filename": name})
+	if _, star, ok := strings.Cut(ext, "; "); ok && strings.HasPrefix(star, "filename*=") {
+		return v + "; " + star
+	}
+	return v
 }
 
 // ValidateKey reports why key cannot name an object, or nil. A key is a
