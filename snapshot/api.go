@@ -54,6 +54,7 @@ package snapshot
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -62,6 +63,9 @@ import (
 
 // LSN is a PostgreSQL write-ahead log position.
 type LSN uint64
+
+// String prints the position as PostgreSQL does, e.g. "16/B374D848".
+func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
 
 // Column is one column of a staged table.
 type Column struct {

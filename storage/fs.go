@@ -301,3 +301,29 @@ func syncDir(dir string) (err error) {
 	}
 	return nil
 }
+
+// RemoveTemp removes the temporary files that Puts interrupted by a crash
+// left behind, and returns how many it removed. Call it when no Put runs,
+// such as at startup.
+func (s *FS) RemoveTemp() (int, error) {
+	n := 0
+	err := filepath.WalkDir(s.root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !d.IsDir() && strings.HasPrefix(d.Name(), tmpPrefix) {
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("remove temporary files: %w", err)
+	}
+	return n, nil
+}

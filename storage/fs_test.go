@@ -135,3 +135,24 @@ func TestFSConcurrentPutDelete(t *testing.T) {
 	wg.Wait()
 	require.Empty(t, files(t, s))
 }
+
+func TestFSRemoveTemp(t *testing.T) {
+	ctx := t.Context()
+	s, err := NewFS(t.TempDir())
+	require.NoError(t, err)
+	_, err = s.Put(ctx, "a/b/obj", strings.NewReader("x"))
+	require.NoError(t, err)
+	// What a Put killed mid-write leaves.
+	for _, p := range []string{"a/b/.tmp-obj-123", "a/.tmp-other-9"} {
+		require.NoError(t, os.WriteFile(filepath.Join(s.Root(), p), []byte("partial"), 0o600))
+	}
+	n, err := s.RemoveTemp()
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	var keys []string
+	require.NoError(t, s.List(ctx, "", func(o ObjectInfo) error { keys = append(keys, o.Key); return nil }))
+	require.Equal(t, []string{"a/b/obj"}, keys)
+	entries, err := os.ReadDir(filepath.Join(s.Root(), "a", "b"))
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+}
