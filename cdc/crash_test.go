@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,44 +16,12 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/stretchr/testify/require"
 
+	exportd "github.com/exportd/exportd/internal/daemon"
 	"github.com/exportd/exportd/internal/gen"
 	"github.com/exportd/exportd/internal/refschema"
+	"github.com/exportd/exportd/internal/testbin"
 	"github.com/exportd/exportd/snapshot"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// daemonBinary builds cmd/exportd once per test run (without -race: it runs
-// as a separate process, the way it runs in production).
-func daemonBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "exportd-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "exportd")
-		cmd := exec.Command("go", "build", "-o", binPath, "../cmd/exportd")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = &buildError{err: err, out: string(out)}
-		}
-	})
-	require.NoError(t, buildErr)
-	return binPath
-}
-
-type buildError struct {
-	err error
-	out string
-}
-
-func (e *buildError) Error() string { return "go build ./cmd/exportd: " + e.err.Error() + "\n" + e.out }
 
 // daemon is one exportd process.
 type daemon struct {
@@ -69,9 +36,8 @@ func startDaemon(t *testing.T, e *env, stateDir string, n int) *daemon {
 	require.NoError(t, os.MkdirAll(filepath.Dir(logPath), 0o755))
 	logf, err := os.Create(logPath)
 	require.NoError(t, err)
-	cmd := exec.Command(daemonBinary(t), "run",
-		"-pg-url", e.url, "-state-dir", stateDir, "-tables", strings.Join(replicatedTables(), ","),
-		"-http-addr", "127.0.0.1:0", "-heartbeat", "200ms", "-log-level", "info")
+	cmd := exec.Command(testbin.Exportd(t), "run")
+	cmd.Env = testbin.DaemonEnv(stateDir, e.url, "EXPORTD_POSTGRES_TABLES="+strings.Join(replicatedTables(), ","))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	require.NoError(t, cmd.Start())
 	d := &daemon{cmd: cmd, done: make(chan error, 1), log: logPath}
@@ -142,7 +108,7 @@ func waitConfirmed(t *testing.T, ctx context.Context, e *env, target snapshot.LS
 // openStaging opens the state directory a stopped daemon left.
 func openStaging(t *testing.T, ctx context.Context, dir string) *snapshot.Store {
 	t.Helper()
-	store, err := snapshot.Open(ctx, dir, snapshot.Options{})
+	store, err := snapshot.Open(ctx, filepath.Join(dir, exportd.StagingDir), snapshot.Options{})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, store.Close()) })
 	return store

@@ -26,6 +26,32 @@ type Replicator struct {
 	connected   atomic.Bool
 	progress    atomic.Pointer[loadProgress]
 	forceResnap atomic.Bool
+	lagBytes    atomic.Int64
+	lagMillis   atomic.Int64
+}
+
+// Lag is how far staging is behind the server.
+type Lag struct {
+	// Bytes of WAL the server has sent past the applied position.
+	Bytes int64
+	// Seconds is the age of the oldest transaction of the last batch when
+	// it was made durable; 0 when caught up.
+	Seconds float64
+}
+
+// Lag returns the replication lag last measured.
+func (r *Replicator) Lag() Lag {
+	return Lag{Bytes: r.lagBytes.Load(), Seconds: float64(r.lagMillis.Load()) / 1000}
+}
+
+func (r *Replicator) setLagBytes(n int64) {
+	r.lagBytes.Store(n)
+	r.metrics.lagBytes.Set(float64(n))
+}
+
+func (r *Replicator) setLagSeconds(sec float64) {
+	r.lagMillis.Store(int64(sec * 1000))
+	r.metrics.lagSeconds.Set(sec)
 }
 
 // New checks cfg and returns a Replicator feeding store. reg may be nil.

@@ -230,7 +230,7 @@ func (s *streamer) flush(ctx context.Context) error {
 	m.commitSeconds.Observe(time.Since(start).Seconds())
 	m.appliedLSN.Set(float64(s.lastCommitEnd))
 	m.transactions.Add(float64(s.batchTxns))
-	m.lagSeconds.Set(time.Since(s.batchFirstTime).Seconds())
+	s.r.setLagSeconds(time.Since(s.batchFirstTime).Seconds())
 	s.batch = nil
 	s.batchTxns = 0
 	// Commit made staging's whole position durable, advances included.
@@ -244,9 +244,9 @@ func (s *streamer) flush(ctx context.Context) error {
 func (s *streamer) updateLagBytes() {
 	applied := s.r.store.State().LSN
 	if s.serverWALEnd > applied {
-		s.r.metrics.lagBytes.Set(float64(s.serverWALEnd - applied))
+		s.r.setLagBytes(int64(s.serverWALEnd - applied))
 	} else {
-		s.r.metrics.lagBytes.Set(0)
+		s.r.setLagBytes(0)
 	}
 }
 
@@ -268,7 +268,7 @@ func (s *streamer) advance(ctx context.Context, lsn snapshot.LSN) error {
 		return fmt.Errorf("advance staging to %s: %w", pglogrepl.LSN(lsn), err)
 	}
 	s.r.metrics.appliedLSN.Set(float64(lsn))
-	s.r.metrics.lagSeconds.Set(0)
+	s.r.setLagSeconds(0)
 	s.updateLagBytes()
 	return nil
 }

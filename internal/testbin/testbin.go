@@ -34,3 +34,26 @@ func Exportd(t testing.TB) string {
 	}
 	return bin
 }
+
+// DaemonEnv returns the environment of an `exportd run` for tests: the
+// parent's environment plus a configuration through EXPORTD_* variables with
+// its state, files and published exports under stateDir, replicating the
+// reference tables from pgURL with short intervals, HTTP on a free loopback
+// port. extra ("EXPORTD_X=v") is appended and overrides.
+func DaemonEnv(stateDir, pgURL string, extra ...string) []string {
+	env := append(os.Environ(),
+		"EXPORTD_STATE_DIR="+stateDir,
+		"EXPORTD_LOG_LEVEL=info",
+		"EXPORTD_HTTP_ADDR=127.0.0.1:0",
+		"EXPORTD_HTTP_PUBLIC_URL=http://127.0.0.1:1",
+		"EXPORTD_POSTGRES_URL="+pgURL,
+		"EXPORTD_POSTGRES_HEARTBEAT=200ms",
+		"EXPORTD_POSTGRES_FLUSH_INTERVAL=50ms",
+		"EXPORTD_FILES_TYPE=fs",
+		"EXPORTD_FILES_FS_DIR="+filepath.Join(stateDir+"-files"),
+		"EXPORTD_PUBLISH_TYPE=fs",
+		"EXPORTD_PUBLISH_FS_DIR="+filepath.Join(stateDir+"-published"),
+		"EXPORTD_PUBLISH_LINK_SECRET=test-link-secret-0123456789abcdef0123",
+	)
+	return append(env, extra...)
+}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/exportd/exportd/pipeline"
+	"github.com/exportd/exportd/snapshot"
+	"github.com/exportd/exportd/storage"
+)
+
+// cmdExport renders and publishes one tenant's export offline, from the
+// staging of a stopped daemon, to a filesystem store, and prints the
+// manifest as JSON. It is a tool for operators and tests; the daemon
+// serves requests from Kafka.
+func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stagingDir := fs.String("staging-dir", "", "staging directory of a stopped daemon (<state_dir>/staging)")
+	tenant := fs.String("tenant", "", "tenant id")
+	requestID := fs.String("request-id", "", "request id (default: manual-<unix time>)")
+	filesDir := fs.String("files-dir", "", "directory of the platform's file store")
+	outDir := fs.String("out-dir", "", "directory to publish the export to")
+	specPath := fs.String("spec", "", "export spec YAML (default: the built-in spec of the reference schema)")
+	publicURL := fs.String("public-url", "http://127.0.0.1:8080", "base URL of the daemon that serves the download links")
+	secretFile := fs.String("link-secret-file", "", "file holding the link signing secret (or env EXPORTD_PUBLISH_LINK_SECRET)")
+	level := fs.Int("compression-level", 1, "deflate level, 1-9")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for name, v := range map[string]string{"-staging-dir": *stagingDir, "-tenant": *tenant, "-files-dir": *filesDir, "-out-dir": *outDir} {
+		if v == "" {
+			return fmt.Errorf("export: %s is required", name)
+		}
+	}
+	if *requestID == "" {
+		*requestID = fmt.Sprintf("manual-%d", time.Now().Unix())
+	}
+	secret := []byte(os.Getenv("EXPORTD_PUBLISH_LINK_SECRET"))
+	if *secretFile != "" {
+		b, err := os.ReadFile(*secretFile)
+		if err != nil {
+			return fmt.Errorf("export: -link-secret-file: %w", err)
+		}
+		secret = []byte(strings.TrimRight(string(b), "\r\n"))
+	}
+	if len(secret) == 0 {
+		return errors.New("export: a link secret is required: -link-secret-file or EXPORTD_PUBLISH_LINK_SECRET")
+	}
+	spec := pipeline.DefaultSpec()
+	if *specPath != "" {
+		var err error
+		if spec, err = pipeline.LoadSpec(*specPath); err != nil {
+			return err
+		}
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	files, err := storage.NewFS(*filesDir)
+	if err != nil {
+		return fmt.Errorf("export: -files-dir: %w", err)
+	}
+	out, err := storage.NewFS(*outDir)
+	if err != nil {
+		return fmt.Errorf("export: -out-dir: %w", err)
+	}
+	signer, err := storage.NewSigner(secret, *publicURL, time.Now)
+	if err != nil {
+		return fmt.Errorf("export: link secret: %w", err)
+	}
+	store, err := snapshot.Open(ctx, *stagingDir, snapshot.Options{Logger: logger})
+	if err != nil {
+		return fmt.Errorf("export: open staging %s: %w", *stagingDir, err)
+	}
+	defer store.Close()
+	if !store.State().SnapshotDone {
+		return errors.New("export: staging has no complete initial snapshot")
+	}
+	v, err := store.Pin(ctx)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	ex := pipeline.NewExporter(spec, files, fsPublisher{out, &storage.FSLinker{FS: out, Signer: signer}},
+		pipeline.ExportConfig{CompressionLevel: *level}, logger, nil)
+	m, err := ex.Export(ctx, v, *tenant, *requestID)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(m)
+}
+
+// fsPublisher joins the filesystem store and its signed links.
+type fsPublisher struct {
+	*storage.FS
+	*storage.FSLinker
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/exportd/exportd/internal/config"
+	"github.com/exportd/exportd/internal/daemon"
+	"github.com/exportd/exportd/pipeline"
+)
+
+// cmdStatus prints a running daemon's status from its HTTP API.
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "config file (for http.addr)")
+	addr := fs.String("addr", "", "base URL of the daemon (default: http://<http.addr> of the config)")
+	asJSON := fs.Bool("json", false, "print the raw JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	base := *addr
+	if base == "" {
+		cfg, err := config.Load(*cfgPath, os.Getenv)
+		if err != nil {
+			return err
+		}
+		base = "http://" + cfg.HTTP.Addr
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/api/status", nil)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status: %s: %s", resp.Status, body)
+	}
+	if *asJSON {
+		_, err := stdout.Write(body)
+		return err
+	}
+	var s daemon.Status
+	if err := json.Unmarshal(body, &s); err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	return printStatus(stdout, s)
+}
+
+func printStatus(w io.Writer, s daemon.Status) error {
+	r := s.Replication
+	fmt.Fprintf(w, "ready:        %v\n", s.Ready)
+	fmt.Fprintf(w, "replication:  connected=%v snapshot_done=%v applied_lsn=%s lag=%d bytes %.1fs\n",
+		r.Connected, r.SnapshotDone, r.AppliedLSN, r.LagBytes, r.LagSeconds)
+	if p := r.Snapshot; p != nil {
+		fmt.Fprintf(w, "snapshot:     %s %5.1f%%  %d rows  %.1f MB  about %s left\n",
+			bar(p.Percent, 30), p.Percent, p.Rows, float64(p.Bytes)/1e6, (time.Duration(p.ETASeconds) * time.Second).Round(time.Second))
+	}
+	fmt.Fprintf(w, "staging:      %d tables, %d files, %.1f MB (every tenant at %s)\n",
+		s.Staging.Tables, s.Staging.Files, float64(s.Staging.Bytes)/1e6, r.AppliedLSN)
+	fmt.Fprintf(w, "requests:    ")
+	for _, st := range []string{"received", "accepted", "blocked_unpaid", "rendering", "completed", "failed", "rejected", "expired"} {
+		fmt.Fprintf(w, " %s=%d", st, s.Requests[pipeline.RequestState(st)])
+	}
+	fmt.Fprintln(w)
+	if len(s.Active) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nREQUEST\tTENANT\tSTATE\tSINCE\tREASON")
+	for _, a := range s.Active {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Request.RequestID, a.Request.TenantID, a.State,
+			a.UpdatedAt.Format(time.RFC3339), a.Reason)
+	}
+	return tw.Flush()
+}
+
+// bar draws a progress bar of width cells.
+func bar(percent float64, width int) string {
+	n := int(percent / 100 * float64(width))
+	n = max(0, min(width, n))
+	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
+}

@@ -1,0 +1,280 @@
+// Package daemon wires exportd's components into the running daemon: it
+// opens staging and the request store, replicates from PostgreSQL, serves
+// export requests from Kafka, and serves HTTP (metrics, health, downloads,
+// the status API). cmd/exportd run and the demo start it.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/exportd/exportd/cdc"
+	"github.com/exportd/exportd/internal/config"
+	"github.com/exportd/exportd/pipeline"
+	"github.com/exportd/exportd/snapshot"
+	"github.com/exportd/exportd/storage"
+)
+
+// Directories under the state directory.
+const (
+	StagingDir = "staging"
+)
+
+// Daemon is a configured exportd, ready to run.
+type Daemon struct {
+	cfg      *config.Config
+	logger   *slog.Logger
+	reg      *prometheus.Registry
+	staging  *snapshot.Store
+	repl     *cdc.Replicator
+	requests *pipeline.RequestStore
+	fencer   *cdc.Fencer
+	svc      *pipeline.Service // nil without Kafka
+	ln       net.Listener
+	srv      *http.Server
+	closers  []io.Closer
+}
+
+// New opens what cfg describes and checks the database setup. Close it if
+// Run is not called.
+func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Daemon, err error) {
+	d := &Daemon{cfg: cfg, logger: logger, reg: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, d.Close())
+		}
+	}()
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	d.staging, err = snapshot.Open(ctx, filepath.Join(cfg.StateDir, StagingDir), snapshot.Options{Logger: logger, Registerer: d.reg})
+	if err != nil {
+		return nil, fmt.Errorf("open staging: %w", err)
+	}
+	d.closers = append(d.closers, d.staging)
+	d.requests, err = pipeline.OpenRequestStore(filepath.Join(cfg.StateDir, pipeline.RequestStoreDir))
+	if err != nil {
+		return nil, fmt.Errorf("open request store: %w", err)
+	}
+	d.closers = append(d.closers, d.requests)
+
+	pg := cfg.Postgres
+	d.repl, err = cdc.New(cdc.Config{
+		ConnString:        pg.URL.Reveal(),
+		Tables:            pg.Tables,
+		TenantColumn:      pg.TenantColumn,
+		Publication:       pg.Publication,
+		Slot:              pg.Slot,
+		CopyWorkers:       pg.CopyWorkers,
+		HeartbeatInterval: pg.Heartbeat,
+		FlushInterval:     pg.FlushInterval,
+	}, d.staging, logger, d.reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.repl.Check(ctx); err != nil {
+		return nil, err
+	}
+
+	spec := pipeline.DefaultSpec()
+	if cfg.Export.Spec != "" {
+		if spec, err = pipeline.LoadSpec(cfg.Export.Spec); err != nil {
+			return nil, err
+		}
+	}
+	files, err := d.openStore(ctx, cfg.Files, "files")
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	pub, err := d.openPublisher(ctx, mux)
+	if err != nil {
+		return nil, err
+	}
+	exporter := pipeline.NewExporter(spec, files, pub, pipeline.ExportConfig{
+		Prefix: cfg.Export.Prefix, LinkTTL: cfg.Export.LinkTTL, CompressionLevel: cfg.Export.CompressionLevel,
+	}, logger, pipeline.NewExportMetrics(d.reg))
+
+	if k := cfg.Kafka; len(k.Brokers) > 0 {
+		var notifier pipeline.Notifier
+		if s := cfg.SMTP; s.Addr != "" {
+			n, err := pipeline.NewSMTPNotifier(pipeline.SMTPConfig{Addr: s.Addr, From: s.From, Username: s.Username,
+				Password: s.Password.Reveal(), TLS: s.TLS}, logger)
+			if err != nil {
+				return nil, err
+			}
+			notifier = n
+		}
+		d.fencer = cdc.NewFencer(pg.URL.Reveal())
+		d.closers = append(d.closers, d.fencer)
+		d.svc, err = pipeline.NewService(pipeline.ServiceConfig{
+			Brokers: k.Brokers, Group: k.Group, RequestTopic: k.RequestTopic, ResultTopic: k.ResultTopic,
+			DeadLetterTopic: k.DeadLetterTopic, Concurrency: cfg.Export.Concurrency, FenceTimeout: k.FenceTimeout,
+			ParkExpiry: k.ParkExpiry, MaxMessageBytes: k.MaxMessageBytes,
+		}, d.requests, d.staging, d.fencer, exporter, spec, notifier, logger, pipeline.NewServiceMetrics(d.reg))
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		logger.Warn("no Kafka brokers configured: export requests are not consumed")
+	}
+
+	d.routes(mux)
+	d.ln, err = net.Listen("tcp", cfg.HTTP.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.HTTP.Addr, err)
+	}
+	d.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return d, nil
+}
+
+// openStore opens an object store of the config.
+func (d *Daemon) openStore(ctx context.Context, s config.Store, name string) (storage.Store, error) {
+	switch s.Type {
+	case config.StoreFS:
+		fs, err := storage.NewFS(s.FS.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("%s store: %w", name, err)
+		}
+		return fs, nil
+	case config.StoreS3:
+		st, err := storage.NewS3(ctx, s.S3.StorageConfig(), d.logger.With("store", name))
+		if err != nil {
+			return nil, fmt.Errorf("%s store: %w", name, err)
+		}
+		d.closers = append(d.closers, st)
+		return st, nil
+	}
+	return nil, fmt.Errorf("%s store: unknown type %q", name, s.Type)
+}
+
+// fsPublisher is the filesystem store with links served by the daemon.
+type fsPublisher struct {
+	*storage.FS
+	*storage.FSLinker
+}
+
+// openPublisher opens the publish store; for a filesystem store it mounts
+// the download handler on mux.
+func (d *Daemon) openPublisher(ctx context.Context, mux *http.ServeMux) (pipeline.Publisher, error) {
+	p := d.cfg.Publish
+	st, err := d.openStore(ctx, p.Store, "publish")
+	if err != nil {
+		return nil, err
+	}
+	switch s := st.(type) {
+	case *storage.FS:
+		// Objects whose Put a crash interrupted: nothing writes yet.
+		if n, err := s.RemoveTemp(); err != nil {
+			return nil, err
+		} else if n > 0 {
+			d.logger.Info("removed temporary files of interrupted uploads", "files", n)
+		}
+		signer, err := storage.NewSigner([]byte(p.LinkSecret.Reveal()), d.cfg.HTTP.PublicURL, time.Now)
+		if err != nil {
+			return nil, fmt.Errorf("publish.link_secret: %w", err)
+		}
+		mux.Handle(storage.DownloadPath, storage.DownloadHandler(s, signer, d.logger))
+		return fsPublisher{s, &storage.FSLinker{FS: s, Signer: signer}}, nil
+	case *storage.S3:
+		return s, nil
+	}
+	return nil, fmt.Errorf("publish store %T cannot issue links", st)
+}
+
+// Addr is the address the HTTP server listens on.
+func (d *Daemon) Addr() string { return d.ln.Addr().String() }
+
+// Registry is the daemon's metrics registry.
+func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+
+// Run runs the daemon until ctx is done, then shuts down in layer order:
+// it stops taking requests, lets in-flight exports checkpoint (their state
+// is durable and resumes on restart), stops replication after confirming
+// the durable position, and stops serving HTTP, within the configured
+// grace period. It closes the daemon.
+func (d *Daemon) Run(ctx context.Context) (err error) {
+	defer func() { err = errors.Join(err, d.Close()) }()
+	d.logger.Info("serving HTTP", "addr", d.Addr())
+	g, gctx := errgroup.WithContext(context.Background())
+	// Replication and requests stop when ctx ends (or another actor fails).
+	work, stopWork := context.WithCancel(gctx)
+	defer stopWork()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-gctx.Done():
+		}
+		stopWork()
+	}()
+	g.Go(func() error {
+		err := d.repl.Run(work)
+		if err != nil && work.Err() == nil {
+			return fmt.Errorf("replication: %w", err)
+		}
+		return nil
+	})
+	if d.svc != nil {
+		g.Go(func() error {
+			err := d.svc.Run(work)
+			if err != nil && work.Err() == nil {
+				return fmt.Errorf("requests: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		if err := d.srv.Serve(d.ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve HTTP: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-work.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), d.cfg.HTTP.ShutdownGrace)
+		defer cancel()
+		return d.srv.Shutdown(sctx)
+	})
+	done := make(chan error, 1)
+	go func() { done <- g.Wait() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		select {
+		case err = <-done:
+		case <-time.After(d.cfg.HTTP.ShutdownGrace):
+			return fmt.Errorf("shutdown: not done within %s", d.cfg.HTTP.ShutdownGrace)
+		}
+	}
+	d.logger.Info("stopped", "err", err)
+	return err
+}
+
+// Close releases what New opened.
+func (d *Daemon) Close() error {
+	var errs []error
+	if d.ln != nil {
+		d.ln.Close()
+	}
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		if err := d.closers[i].Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.closers = nil
+	return errors.Join(errs...)
+}
