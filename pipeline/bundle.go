@@ -55,7 +55,7 @@ func (c *hashCounter) Write(p []byte) (int, error) {
 func publishStream(ctx context.Context, out Putter, key string, fill func(w io.Writer) error) (bundleResult, error) {
 	pr, pw := io.Pipe()
 	g, gctx := errgroup.WithContext(ctx)
-	hc := &hashCounter{w: pw, h: sha256.New()}
+	hc := &hashCounter{w: countingWriter{pw, &progressFrom(ctx).bytes}, h: sha256.New()}
 	g.Go(func() error {
 		bw := bufio.NewWriterSize(hc, 256<<10)
 		err := fill(bw)

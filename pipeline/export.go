@@ -63,7 +63,11 @@ type Exporter struct {
 	logger *slog.Logger
 	m      *exportMetrics
 	now    func() time.Time
+	prog   progressTable
 }
+
+// Progress lists the exports running now.
+func (e *Exporter) Progress() []ExportProgress { return e.prog.list() }
 
 // NewExporter returns an Exporter. m may be nil (no metrics).
 func NewExporter(spec *Spec, files FileSource, out Publisher, cfg ExportConfig, logger *slog.Logger, m *ExportMetrics) *Exporter {
@@ -160,7 +164,16 @@ func (e *Exporter) Export(ctx context.Context, v *snapshot.Version, tenant, requ
 	start := e.now()
 	dir := e.Dir(tenant, requestID)
 	log := e.logger.With("request_id", requestID, "tenant", tenant, "lsn", v.LSN().String())
-	log.Info("export started")
+	var total int64
+	for _, f := range plan.Files {
+		total += v.EstimateRows(f.Table, tenant)
+	}
+	prog := e.prog.start(requestID, tenant, total)
+	defer e.prog.end(requestID)
+	stopReport := prog.report(log, 10*time.Second)
+	defer stopReport()
+	ctx = withProgress(ctx, prog)
+	log.Info("export started", "rows_estimate", total)
 
 	var (
 		data, att, cvs   PartResult
@@ -395,6 +408,7 @@ func (e *Exporter) addFiles(ctx context.Context, zw *zip.Writer, v *snapshot.Ver
 			rc.Close()
 			return n, fmt.Errorf("zip %s: %w", zpath, err)
 		}
+		progressFrom(ctx).files.Add(1)
 		copied, err := io.Copy(fw, br)
 		rc.Close()
 		if err != nil {

@@ -74,8 +74,12 @@ func TestExportMemory(t *testing.T) {
 
 	outDir := t.TempDir()
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "export", "-staging-dir", filepath.Join(stateDir, daemon.StagingDir), "-tenant", "1", "-request-id", "memory",
-		"-files-dir", files.Root(), "-out-dir", outDir)
+	args := []string{"export", "-staging-dir", filepath.Join(stateDir, daemon.StagingDir), "-tenant", "1", "-request-id", "memory",
+		"-files-dir", files.Root(), "-out-dir", outDir}
+	if p := os.Getenv("EXPORTD_MEMTEST_PROFILE"); p != "" {
+		args = append(args, "-cpuprofile", p+".cpu", "-memprofile", p+".mem")
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "EXPORTD_PUBLISH_LINK_SECRET=memory-test-secret-0123456789abcdef")
 	if os.Getenv("EXPORTD_MEMTEST_GCTRACE") != "" {
 		cmd.Env = append(cmd.Env, "GODEBUG=gctrace=1")

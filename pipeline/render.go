@@ -46,6 +46,7 @@ func RenderCSV(ctx context.Context, w io.Writer, sc Scanner, f FilePlan, tenant 
 	}
 	defer rows.Close()
 	var n int64
+	prog := progressFrom(ctx)
 	out := make([][]byte, len(f.Columns))
 	tid := []byte(tenant)
 	for rows.Next() {
@@ -65,6 +66,7 @@ func RenderCSV(ctx context.Context, w io.Writer, sc Scanner, f FilePlan, tenant 
 		}
 		n++
 		if n&0x3fff == 0 {
+			prog.rows.Add(0x4000)
 			if err := ctx.Err(); err != nil {
 				return n, fmt.Errorf("render %s: %w", f.Name, err)
 			}
@@ -76,5 +78,6 @@ func RenderCSV(ctx context.Context, w io.Writer, sc Scanner, f FilePlan, tenant 
 	if err := cw.Flush(); err != nil {
 		return n, fmt.Errorf("render %s: %w", f.Name, err)
 	}
+	prog.rows.Add(n & 0x3fff)
 	return n, nil
 }

@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"mime/quotedprintable"
+	"net/mail"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +24,7 @@ import (
 	"github.com/exportd/exportd/internal/gen"
 	"github.com/exportd/exportd/internal/kafkatest"
 	"github.com/exportd/exportd/internal/s3test"
+	"github.com/exportd/exportd/internal/smtptest"
 	"github.com/exportd/exportd/internal/stagetest"
 	"github.com/exportd/exportd/pipeline"
 	"github.com/exportd/exportd/storage"
@@ -382,4 +386,44 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestServiceEmail: with notify_email, the requester gets an email through a
+// local SMTP server when the export is blocked by an unpaid invoice, and one
+// with the master link when it completes.
+func TestServiceEmail(t *testing.T) {
+	smtp := smtptest.Start(t, smtptest.WithAuth("exportd", "mail-secret"))
+	se := newServiceEnv(t, 2)
+	n, err := pipeline.NewSMTPNotifier(pipeline.SMTPConfig{Addr: smtp.Addr(), From: "exportd <exports@example.com>",
+		Username: "exportd", Password: "mail-secret", TLS: pipeline.SMTPTLSNone}, testLogger(t))
+	require.NoError(t, err)
+	se.notifier = n
+	se.start(t)
+	se.broker.Produce(t, requestTopic, []byte("2"), requestJSON("mail-1", 2, se.admin(t, 2), `,"notify_email":"owner@tenant2.example"`))
+	blocked := se.waitEvent(t, "mail-1", pipeline.EventBlockedUnpaid, time.Minute)
+	msgs := smtp.WaitMessages(t, 1, 30*time.Second)
+	require.Equal(t, []string{"owner@tenant2.example"}, msgs[0].To)
+	body := decodedBody(t, msgs[0].Data)
+	for _, inv := range blocked.OutstandingInvoices {
+		require.Contains(t, body, inv)
+	}
+	_, err = se.env.Admin.Exec(t.Context(), "UPDATE invoices SET status = 'paid', paid_at = now() WHERE tenant_id = 2 AND status = 'open'")
+	require.NoError(t, err)
+	done := se.waitEvent(t, "mail-1", pipeline.EventCompleted, time.Minute)
+	msgs = smtp.WaitMessages(t, 2, 30*time.Second)
+	require.Contains(t, decodedBody(t, msgs[1].Data), done.MasterURL, "the email carries the master link")
+}
+
+// decodedBody returns the text of a plain-text email, quoted-printable decoded.
+func decodedBody(t *testing.T, raw []byte) string {
+	t.Helper()
+	m, err := mail.ReadMessage(bytes.NewReader(raw))
+	require.NoError(t, err)
+	var r io.Reader = m.Body
+	if strings.EqualFold(m.Header.Get("Content-Transfer-Encoding"), "quoted-printable") {
+		r = quotedprintable.NewReader(m.Body)
+	}
+	b, err := io.ReadAll(r)
+	require.NoError(t, err)
+	return string(b)
 }

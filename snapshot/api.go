@@ -104,6 +104,9 @@ type Options struct {
 	// CompactInterval is how often the background compactor looks for work
 	// (default 1s). Compaction never blocks a Commit for long.
 	CompactInterval time.Duration
+	// NoCompaction turns the background compactor off, for tools that only
+	// read a store (compaction would compete with them for memory and CPU).
+	NoCompaction bool
 	// Compression of base files: "zstd" (default; fastest level), "snappy"
 	// or "none".
 	Compression string

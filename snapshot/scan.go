@@ -436,3 +436,22 @@ func (s *Store) baseGet(name string, key []byte, g *genMeta, need []bool) ([][]b
 	}
 	return vals, true, nil
 }
+
+// EstimateRows returns about how many rows the tenant has in table: the
+// rows of its base file, without the changes of newer segments. It is meant
+// for progress reports.
+func (v *Version) EstimateRows(table, tenant string) int64 {
+	t, ok := v.dv.byName[table]
+	if !ok {
+		return 0
+	}
+	tt := binary.BigEndian.AppendUint32(nil, t.ID)
+	tt, err := appendTenant(tt, t.cur().tenantKind, []byte(tenant))
+	if err != nil {
+		return 0
+	}
+	if b := v.dv.bases[string(tt)]; b != nil && v.dv.baseAlive(b) {
+		return b.Rows
+	}
+	return 0
+}

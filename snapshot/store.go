@@ -752,7 +752,7 @@ func (s *Store) background(ctx context.Context) {
 		if err := s.persistState(false); err != nil {
 			s.log.Error("persist applied position", "err", err)
 		}
-		for ctx.Err() == nil {
+		for ctx.Err() == nil && !s.opts.NoCompaction {
 			did, err := s.compactOnce(ctx, false)
 			if err != nil {
 				if ctx.Err() == nil && !s.dead.Load() {

@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -33,6 +35,9 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	publicURL := fs.String("public-url", "http://127.0.0.1:8080", "base URL of the daemon that serves the download links")
 	secretFile := fs.String("link-secret-file", "", "file holding the link signing secret (or env EXPORTD_PUBLISH_LINK_SECRET)")
 	level := fs.Int("compression-level", 1, "deflate level, 1-9")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file")
+	memProfile := fs.String("memprofile", "", "write an allocation profile to this file at the end")
+	memLimit := fs.Int64("memory-limit", 192<<20, "soft memory limit in bytes (runtime/debug.SetMemoryLimit); ignored when GOMEMLIMIT is set")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -40,6 +45,28 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if v == "" {
 			return fmt.Errorf("export: %s is required", name)
 		}
+	}
+	if os.Getenv("GOMEMLIMIT") == "" && *memLimit > 0 {
+		debug.SetMemoryLimit(*memLimit)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *memProfile != "" {
+		defer func() {
+			if f, err := os.Create(*memProfile); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
 	}
 	if *requestID == "" {
 		*requestID = fmt.Sprintf("manual-%d", time.Now().Unix())
@@ -76,7 +103,7 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("export: link secret: %w", err)
 	}
-	store, err := snapshot.Open(ctx, *stagingDir, snapshot.Options{Logger: logger})
+	store, err := snapshot.Open(ctx, *stagingDir, snapshot.Options{Logger: logger, NoCompaction: true})
 	if err != nil {
 		return fmt.Errorf("export: open staging %s: %w", *stagingDir, err)
 	}

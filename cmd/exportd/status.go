@@ -24,6 +24,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	cfgPath := fs.String("config", "", "config file (for http.addr)")
 	addr := fs.String("addr", "", "base URL of the daemon (default: http://<http.addr> of the config)")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
+	watch := fs.Duration("watch", 0, "refresh every interval until interrupted, redrawing the screen on a terminal (e.g. 1s)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -35,6 +36,36 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		base = "http://" + cfg.HTTP.Addr
 	}
+	if *watch <= 0 {
+		return statusOnce(ctx, stdout, base, *asJSON)
+	}
+	tty := isTerminal(stdout)
+	for {
+		if tty {
+			fmt.Fprint(stdout, "\033[H\033[2J") // home, clear: progress bars redraw in place
+		}
+		if err := statusOnce(ctx, stdout, base, *asJSON); err != nil {
+			fmt.Fprintln(stdout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*watch):
+		}
+	}
+}
+
+// isTerminal reports whether w is a character device (an interactive terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func statusOnce(ctx context.Context, stdout io.Writer, base string, asJSON bool) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/api/status", nil)
 	if err != nil {
 		return err
@@ -52,7 +83,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("status: %s: %s", resp.Status, body)
 	}
-	if *asJSON {
+	if asJSON {
 		_, err := stdout.Write(body)
 		return err
 	}
@@ -79,6 +110,11 @@ func printStatus(w io.Writer, s daemon.Status) error {
 		fmt.Fprintf(w, " %s=%d", st, s.Requests[pipeline.RequestState(st)])
 	}
 	fmt.Fprintln(w)
+	for _, e := range s.Exports {
+		fmt.Fprintf(w, "export %s (tenant %s): %s %5.1f%%  %d of ~%d rows  %d files  %.1f MB  about %s left\n",
+			e.RequestID, e.TenantID, bar(e.Percent, 30), e.Percent, e.Rows, e.RowsTotal, e.Files, float64(e.Bytes)/1e6,
+			(time.Duration(e.ETASeconds) * time.Second).Round(time.Second))
+	}
 	if len(s.Active) == 0 {
 		return nil
 	}

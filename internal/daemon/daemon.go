@@ -42,6 +42,7 @@ type Daemon struct {
 	requests *pipeline.RequestStore
 	fencer   *cdc.Fencer
 	svc      *pipeline.Service // nil without Kafka
+	exporter *pipeline.Exporter
 	ln       net.Listener
 	srv      *http.Server
 	closers  []io.Closer
@@ -108,6 +109,10 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Daemo
 	exporter := pipeline.NewExporter(spec, files, pub, pipeline.ExportConfig{
 		Prefix: cfg.Export.Prefix, LinkTTL: cfg.Export.LinkTTL, CompressionLevel: cfg.Export.CompressionLevel,
 	}, logger, pipeline.NewExportMetrics(d.reg))
+	d.exporter = exporter
+	d.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "exportd_exports_running", Help: "Exports being rendered now.",
+	}, func() float64 { return float64(len(exporter.Progress())) }))
 
 	if k := cfg.Kafka; len(k.Brokers) > 0 {
 		var notifier pipeline.Notifier

@@ -189,6 +189,19 @@ func TestDaemon(t *testing.T) {
 		e.request(t, "term-1", 1)
 		rec := waitState(t, d, "term-1", time.Minute, pipeline.StateRendering, pipeline.StateCompleted)
 		require.Equal(t, pipeline.StateRendering, rec.State, "the export finished before SIGTERM")
+		// Its progress is in the status API and in `exportd status`.
+		var st daemon.Status
+		waitFor(t, 30*time.Second, "export progress in /api/status", func() bool {
+			return d.Status(t.Context(), &st) && len(st.Exports) == 1 && st.Exports[0].Rows > 0
+		})
+		p := st.Exports[0]
+		require.Equal(t, "term-1", p.RequestID)
+		require.Positive(t, p.RowsTotal)
+		require.Greater(t, p.Percent, 0.0)
+		out, err := exec.Command(testbin.Exportd(t), "status", "-addr", d.URL).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Contains(t, string(out), "export term-1 (tenant 1): [")
+		t.Logf("exportd status:\n%s", out)
 		exit, took := d.Terminate(t, 20*time.Second)
 		require.NoError(t, exit, "exit status after SIGTERM")
 		t.Logf("exited %s after SIGTERM", took.Round(time.Millisecond))

@@ -56,6 +56,8 @@ type Status struct {
 	Requests    map[pipeline.RequestState]int `json:"requests"`
 	// Active lists the requests not yet in a final state.
 	Active []pipeline.RequestRecord `json:"active"`
+	// Exports lists the exports rendering now, with their progress.
+	Exports []pipeline.ExportProgress `json:"exports"`
 }
 
 // ReplicationStatus is the replication part of Status. Every tenant's
@@ -90,6 +92,7 @@ func (d *Daemon) status() (Status, error) {
 		},
 		Staging:  d.staging.Stats(),
 		Requests: map[pipeline.RequestState]int{},
+		Exports:  d.exporter.Progress(),
 	}
 	if p := d.repl.Progress(); p.Running {
 		s.Replication.Snapshot = &SnapshotProgress{Rows: p.Rows, Bytes: p.Bytes, Percent: p.Percent, ETASeconds: p.ETA.Seconds()}
