@@ -454,14 +454,24 @@ func TestCloseDuringCompaction(t *testing.T) {
 	if err != nil {
 		require.True(t, errors.Is(err, context.Canceled) || errors.Is(err, ErrClosed), err)
 	}
-	s2 := openTestStore(t, dir, Options{})
+	// Close waited for the compaction, which either installed its outputs or
+	// removed them: nothing is left for the next Open to clean up.
+	requireNoOrphans(t, s)
+	// The reopened store's background compactor merges while v is pinned
+	// (until at most 2 segments are left; no folds): the files it replaces
+	// stay on disk until v is closed.
+	s2 := openTestStore(t, dir, Options{CompactInterval: 5 * time.Millisecond,
+		policy: policy{fanIn: 4, maxSegments: 2, foldMinBytes: 1 << 30, foldRatio: 1, foldMaxAge: time.Hour}})
 	v, err := s2.Pin(ctx)
 	require.NoError(t, err)
-	defer v.Close()
 	n := 0
 	for tenant := range 50 {
 		n += len(scanAll(t, v, schemaItems.Name, strconv.Itoa(tenant)))
 	}
 	require.Equal(t, 20000, n)
+	require.Eventually(t, func() bool { return s2.Stats().Segments <= 2 }, time.Minute, 5*time.Millisecond)
+	requireNoOrphans(t, s2)
+	require.NoError(t, v.Close())
+	require.Zero(t, s2.Stats().ObsoleteFiles)
 	requireNoOrphans(t, s2)
 }

@@ -161,6 +161,11 @@ func (s *Store) compactOnce(ctx context.Context, force bool) (bool, error) {
 		e, err = s.fold(ctx, dv, segs)
 	}
 	if err != nil {
+		// e is nil unless the outputs were complete when the error came
+		// (e.g. closing a merge's inputs failed): they are not installed.
+		if !s.dead.Load() {
+			s.removeOutputs(e)
+		}
 		return false, err
 	}
 	installed, err := s.installEdit(dv, e)

@@ -107,12 +107,15 @@ func TestModel(t *testing.T) {
 }
 
 // requireNoOrphans checks that the data directory holds exactly the files
-// of the current version.
+// the store references: those of the current version, plus those kept for
+// older versions still in use (Stats().ObsoleteFiles), which must be none
+// once no reader holds an older version. No reader may be closed
+// concurrently (the store deletes its files after dropping the reference).
 func requireNoOrphans(t testing.TB, s *Store) {
 	t.Helper()
 	// A background compaction writes its outputs before it installs them,
-	// holding compactMu throughout: hold it too, so the listing and the
-	// manifest are of the same moment.
+	// and deletes the replaced files after, holding compactMu throughout:
+	// hold it too, so the listing and the manifest are of the same moment.
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
 	names, err := s.objs.List("")
@@ -125,7 +128,18 @@ func requireNoOrphans(t testing.TB, s *Store) {
 	for _, b := range s.cur.bases {
 		want[b.name()] = true
 	}
+	var kept []string
+	for _, o := range s.obsolete {
+		kept = append(kept, o.names...)
+	}
+	onlyCur := len(s.live) == 1
 	s.mu.Unlock()
+	if onlyCur {
+		require.Empty(t, kept, "files kept although no older version is in use")
+	}
+	for _, n := range kept {
+		want[n] = true
+	}
 	got := map[string]bool{}
 	for _, n := range names {
 		got[n] = true
