@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zip"
@@ -171,4 +172,69 @@ func (m *missingList) close() error {
 	}
 	name := m.f.Name()
 	return errors.Join(m.f.Close(), os.Remove(name))
+}
+
+// asyncWriter hands what is written to it to another goroutine, which
+// writes it to w, so that producing bytes (rendering CSV) and consuming
+// them (deflating) run on two cores. It holds at most asyncBuffers buffers
+// of asyncBufSize bytes.
+type asyncWriter struct {
+	buf  []byte
+	full chan []byte
+	free chan []byte
+	done chan error
+	werr atomic.Pointer[error] // the consumer's first error
+}
+
+const (
+	asyncBufSize = 256 << 10
+	asyncBuffers = 4
+)
+
+func newAsyncWriter(w io.Writer) *asyncWriter {
+	a := &asyncWriter{full: make(chan []byte, asyncBuffers), free: make(chan []byte, asyncBuffers), done: make(chan error, 1)}
+	for range asyncBuffers - 1 {
+		a.free <- make([]byte, 0, asyncBufSize)
+	}
+	a.buf = make([]byte, 0, asyncBufSize)
+	go func() {
+		var err error
+		for b := range a.full {
+			if err == nil {
+				if _, err = w.Write(b); err != nil {
+					a.werr.Store(&err)
+				}
+			}
+			a.free <- b[:0]
+		}
+		a.done <- err
+	}()
+	return a
+}
+
+func (a *asyncWriter) Write(p []byte) (int, error) {
+	if e := a.werr.Load(); e != nil {
+		return 0, *e
+	}
+	n := len(p)
+	for len(p) > 0 {
+		k := copy(a.buf[len(a.buf):cap(a.buf)], p)
+		a.buf = a.buf[:len(a.buf)+k]
+		p = p[k:]
+		if len(a.buf) == cap(a.buf) {
+			a.full <- a.buf
+			a.buf = <-a.free
+		}
+	}
+	return n, nil
+}
+
+// Close writes what is buffered, waits for the consumer and returns its
+// first error. The writer must not be used after.
+func (a *asyncWriter) Close() error {
+	if len(a.buf) > 0 {
+		a.full <- a.buf
+	}
+	close(a.full)
+	return <-a.done
 }

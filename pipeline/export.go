@@ -281,7 +281,12 @@ func (e *Exporter) dataBundle(ctx context.Context, v *snapshot.Version, plan *Pl
 			if err != nil {
 				return fmt.Errorf("zip %s: %w", f.Name, err)
 			}
-			n, err := RenderCSV(ctx, fw, v, f, tenant, plan.BOM)
+			// Render on this goroutine, deflate on another.
+			aw := newAsyncWriter(fw)
+			n, err := RenderCSV(ctx, aw, v, f, tenant, plan.BOM)
+			if cerr := aw.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("zip %s: %w", f.Name, cerr)
+			}
 			if err != nil {
 				return err
 			}

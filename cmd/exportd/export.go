@@ -122,6 +122,9 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	if peak, ok := peakRSS(); ok {
+		logger.Info("export done", "peak_rss_bytes", peak)
+	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(m)
@@ -131,4 +134,23 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 type fsPublisher struct {
 	*storage.FS
 	*storage.FSLinker
+}
+
+// peakRSS reads the process's peak resident set size (VmHWM) from /proc:
+// unlike getrusage's ru_maxrss seen by a parent, it excludes the memory the
+// process shared with its parent between fork and exec.
+func peakRSS() (int64, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err == nil {
+				return kb << 10, true
+			}
+		}
+	}
+	return 0, false
 }
