@@ -76,6 +76,7 @@ type ServiceMetrics struct {
 	exports     *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
 	parked      prometheus.Gauge
+	oldest      prometheus.Gauge
 	fence       prometheus.Histogram
 	emails      *prometheus.CounterVec
 }
@@ -113,6 +114,10 @@ func NewServiceMetrics(reg prometheus.Registerer) *ServiceMetrics {
 		parked: f.NewGauge(prometheus.GaugeOpts{
 			Name: "exportd_requests_parked",
 			Help: "Requests waiting for a tenant's unpaid invoices.",
+		}),
+		oldest: f.NewGauge(prometheus.GaugeOpts{
+			Name: "exportd_requests_parked_oldest_seconds",
+			Help: "Age of the oldest request waiting for unpaid invoices (0: none).",
 		}),
 		fence: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "exportd_fence_wait_seconds",
@@ -161,9 +166,10 @@ func (s *serviceMetrics) export(outcome string, d time.Duration) {
 	}
 }
 
-func (s *serviceMetrics) parked(n int) {
+func (s *serviceMetrics) parked(n int, oldest time.Duration) {
 	if s.m != nil {
 		s.m.parked.Set(float64(n))
+		s.m.oldest.Set(oldest.Seconds())
 	}
 }
 

@@ -639,14 +639,20 @@ func (s *Service) watchParked(ctx context.Context) {
 		for _, r := range recs {
 			s.sched.add(r.Request.RequestID, r.Request.TenantID)
 		}
+		s.updateParked()
 	}
 }
 
 func (s *Service) updateParked() {
 	recs, err := s.store.ByState(StateBlockedUnpaid)
-	if err == nil {
-		s.m.parked(len(recs))
+	if err != nil {
+		return
 	}
+	var oldest time.Duration
+	for _, r := range recs {
+		oldest = max(oldest, s.now().Sub(r.CreatedAt))
+	}
+	s.m.parked(len(recs), oldest)
 }
 
 // event builds an event about rec.

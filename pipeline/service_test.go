@@ -427,3 +427,20 @@ func decodedBody(t *testing.T, raw []byte) string {
 	require.NoError(t, err)
 	return string(b)
 }
+
+// TestServiceParkExpiry: a request parked by unpaid invoices longer than
+// ParkExpiry ends with an expired event.
+func TestServiceParkExpiry(t *testing.T) {
+	se := newServiceEnv(t, 2)
+	se.cfg.ParkExpiry = 2 * time.Second
+	se.start(t)
+	se.broker.Produce(t, requestTopic, []byte("2"), requestJSON("expire-1", 2, se.admin(t, 2), ""))
+	se.waitEvent(t, "expire-1", pipeline.EventBlockedUnpaid, time.Minute)
+	waitFor(t, 30*time.Second, "the age of the oldest parked request", func() bool {
+		return metricValue(t, se.reg, "exportd_requests_parked_oldest_seconds", "") > 0
+	})
+	e := se.waitEvent(t, "expire-1", pipeline.EventExpired, time.Minute)
+	require.Equal(t, "parked_too_long", e.Reason)
+	require.Equal(t, []string{pipeline.EventAccepted, pipeline.EventBlockedUnpaid, pipeline.EventExpired}, types(se.eventsOf("expire-1")))
+	require.Zero(t, metricValue(t, se.reg, "exportd_requests_parked", ""))
+}
