@@ -70,7 +70,7 @@ func NeedsProtection(v []byte) bool {
 
 func (w *Writer) field(v []byte, single, protect bool) {
 	protect = protect && NeedsProtection(v)
-	quote := len(v) == 0 || bytes.ContainsAny(v, ",\"\r\n") || (single && string(v) == `\.`)
+	quote := len(v) == 0 || needsQuotes(v) || (single && string(v) == `\.`)
 	if !quote {
 		if protect {
 			w.w.WriteByte('\'')
@@ -93,4 +93,19 @@ func (w *Writer) field(v []byte, single, protect bool) {
 		v = v[i+1:]
 	}
 	w.w.WriteByte('"')
+}
+
+// special marks the bytes that make COPY quote a value.
+var special = [256]bool{',': true, '"': true, '\r': true, '\n': true}
+
+// needsQuotes reports whether v holds a comma, a double quote, CR or LF. It
+// is bytes.ContainsAny without building a set per call: rendering calls it
+// for every value.
+func needsQuotes(v []byte) bool {
+	for _, c := range v {
+		if special[c] {
+			return true
+		}
+	}
+	return false
 }

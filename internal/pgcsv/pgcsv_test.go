@@ -2,6 +2,7 @@ package pgcsv
 
 import (
 	"bytes"
+	"io"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -40,4 +41,15 @@ func TestHeader(t *testing.T) {
 	require.NoError(t, w.WriteHeader([]string{"id", "odd,name", "=x"}))
 	require.NoError(t, w.Flush())
 	require.Equal(t, "id,\"odd,name\",=x\n", buf.String())
+}
+
+func BenchmarkWrite(b *testing.B) {
+	row := [][]byte{[]byte("12345"), []byte("Jane"), []byte("O'Brien, Jr."), nil, []byte("a longer note without any special characters in it at all, well, one"),
+		[]byte("2024-01-02 03:04:05+00"), []byte(`{"a": "b"}`), []byte("=cmd")}
+	w := NewWriter(io.Discard)
+	w.Protect = []bool{false, true, true, false, true, false, false, true}
+	b.SetBytes(int64(len(row[0]) + len(row[1]) + len(row[2]) + len(row[4]) + len(row[5]) + len(row[6]) + len(row[7])))
+	for b.Loop() {
+		w.Write(row)
+	}
 }
