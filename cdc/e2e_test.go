@@ -213,7 +213,8 @@ func (e *env) tenantIDs() []int64 {
 // deletes, tenant moves, a truncate, an added and a dropped column). Once
 // staging has caught up, every tenant's every table is byte-identical to COPY.
 func TestReplicationOracle(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	// Usually 2-3 minutes with -race; the deadline leaves room for a busy machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
 	defer cancel()
 	e := newEnv(t, ctx, 50, 60_000)
 	r := startReplicator(t, ctx, e, t.TempDir())
