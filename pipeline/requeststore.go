@@ -66,6 +66,9 @@ type RequestRecord struct {
 	// that finds CompletedEventSent unset looks there for the event before
 	// publishing it again.
 	ResultOffsets map[int]int64 `json:"result_offsets,omitempty"`
+	// Outbox holds events recorded with a state change but not yet
+	// published (see Service.transition).
+	Outbox []Event `json:"outbox,omitempty"`
 }
 
 // Keys in pebble:

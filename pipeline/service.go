@@ -171,14 +171,22 @@ func (s *Service) Run(ctx context.Context) error {
 
 // resume queues every request that an earlier run left unfinished.
 func (s *Service) resume() error {
-	for _, st := range []RequestState{StateReceived, StateAccepted, StateRendering, StateCompleted} {
+	for _, st := range []RequestState{StateReceived, StateAccepted, StateRendering, StateCompleted,
+		StateBlockedUnpaid, StateRejected, StateFailed, StateExpired} {
 		recs, err := s.store.ByState(st)
 		if err != nil {
 			return fmt.Errorf("resume requests: %w", err)
 		}
 		for _, r := range recs {
-			if st == StateCompleted && r.CompletedEventSent {
-				continue
+			switch st {
+			case StateCompleted:
+				if r.CompletedEventSent && len(r.Outbox) == 0 {
+					continue
+				}
+			case StateBlockedUnpaid, StateRejected, StateFailed, StateExpired:
+				if len(r.Outbox) == 0 {
+					continue // parked ones are re-checked by watchParked
+				}
 			}
 			s.logger.Info("resuming request", "request_id", r.Request.RequestID, "tenant", r.Request.TenantID, "state", r.State)
 			s.sched.add(r.Request.RequestID, r.Request.TenantID)
@@ -309,10 +317,15 @@ func (s *Service) process(ctx context.Context, id string) {
 		if ctx.Err() != nil {
 			return // shutting down: the state is durable and resumes on restart
 		}
-		log.Error("process request", "err", err)
+		log.Error("process request: will retry", "err", err, "in", retryDelay)
+		s.sched.addLater(id, rec.Request.TenantID, retryDelay)
 	}
 	s.updateParked()
 }
+
+// retryDelay is how long a request whose processing hit an error (the
+// request store, the brokers, staging) waits before it is tried again.
+const retryDelay = 5 * time.Second
 
 // failure is a reason to fail a request, with whether a retry can help.
 type failure struct {
@@ -325,6 +338,9 @@ func (f *failure) Error() string { return f.reason + ": " + f.err.Error() }
 func (f *failure) Unwrap() error { return f.err }
 
 func (s *Service) advance(ctx context.Context, log *slog.Logger, rec *RequestRecord) error {
+	if err := s.flushOutbox(ctx, rec); err != nil {
+		return err
+	}
 	switch rec.State {
 	case StateReceived:
 		v, err := s.fence(ctx, log, rec)
@@ -334,19 +350,13 @@ func (s *Service) advance(ctx context.Context, log *slog.Logger, rec *RequestRec
 		defer v.Close()
 		if reason := s.authorise(ctx, v, rec.Request); reason != "" {
 			rec.State, rec.Reason = StateRejected, reason
-			if err := s.store.Put(*rec); err != nil {
-				return err
-			}
 			s.m.outcome(string(StateRejected))
 			log.Warn("request rejected", "reason", reason)
-			return s.publish(ctx, s.event(rec, EventRejected, func(e *Event) { e.Reason = reason }))
+			return s.transition(ctx, rec, s.event(rec, EventRejected, func(e *Event) { e.Reason = reason }))
 		}
 		rec.State = StateAccepted
-		if err := s.store.Put(*rec); err != nil {
-			return err
-		}
 		log.Info("request accepted", "fence", rec.Fence)
-		if err := s.publish(ctx, s.event(rec, EventAccepted, nil)); err != nil {
+		if err := s.transition(ctx, rec, s.event(rec, EventAccepted, nil)); err != nil {
 			return err
 		}
 		return s.gateAndRender(ctx, log, rec, v)
@@ -454,12 +464,9 @@ func (s *Service) gateAndRender(ctx context.Context, log *slog.Logger, rec *Requ
 			return nil // still blocked
 		}
 		rec.State, rec.Reason = StateBlockedUnpaid, "outstanding_invoices"
-		if err := s.store.Put(*rec); err != nil {
-			return err
-		}
 		log.Info("request blocked by unpaid invoices", "invoices", strings.Join(invoices, ","))
 		ev := s.event(rec, EventBlockedUnpaid, func(e *Event) { e.Reason = "outstanding_invoices"; e.OutstandingInvoices = invoices })
-		if err := s.publish(ctx, ev); err != nil {
+		if err := s.transition(ctx, rec, ev); err != nil {
 			return err
 		}
 		s.notify(ctx, log, rec, ev)
@@ -548,6 +555,33 @@ func (s *Service) announceCompleted(ctx context.Context, log *slog.Logger, rec *
 	return nil
 }
 
+// transition records rec's new state together with its event in the
+// record's outbox, then publishes the event. An event whose publication a
+// crash or an error interrupted stays in the outbox and is published when
+// the request is next processed (at least once; completed events use
+// announceCompleted, exactly once).
+func (s *Service) transition(ctx context.Context, rec *RequestRecord, ev Event) error {
+	rec.Outbox = append(rec.Outbox, ev)
+	if err := s.store.Put(*rec); err != nil {
+		return err
+	}
+	return s.flushOutbox(ctx, rec)
+}
+
+// flushOutbox publishes rec's pending events and clears them.
+func (s *Service) flushOutbox(ctx context.Context, rec *RequestRecord) error {
+	if len(rec.Outbox) == 0 {
+		return nil
+	}
+	for _, ev := range rec.Outbox {
+		if err := s.publish(ctx, ev); err != nil {
+			return err
+		}
+	}
+	rec.Outbox = nil
+	return s.store.Put(*rec)
+}
+
 // fail records the request as failed and announces it.
 func (s *Service) fail(ctx context.Context, rec *RequestRecord, err error) error {
 	var f *failure
@@ -555,24 +589,18 @@ func (s *Service) fail(ctx context.Context, rec *RequestRecord, err error) error
 		return err // not a request failure: retried on the next run
 	}
 	rec.State, rec.Reason, rec.Retryable = StateFailed, f.reason, f.retryable
-	if perr := s.store.Put(*rec); perr != nil {
-		return perr
-	}
 	s.m.outcome(string(StateFailed))
 	s.logger.Warn("request failed", "request_id", rec.Request.RequestID, "tenant", rec.Request.TenantID, "reason", f.reason, "err", f.err)
 	retry := f.retryable
-	return s.publish(ctx, s.event(rec, EventFailed, func(e *Event) { e.Reason = f.reason; e.Retryable = &retry }))
+	return s.transition(ctx, rec, s.event(rec, EventFailed, func(e *Event) { e.Reason = f.reason; e.Retryable = &retry }))
 }
 
 // expire ends a request parked too long.
 func (s *Service) expire(ctx context.Context, log *slog.Logger, rec *RequestRecord) error {
 	rec.State, rec.Reason = StateExpired, "parked_too_long"
-	if err := s.store.Put(*rec); err != nil {
-		return err
-	}
 	s.m.outcome(string(StateExpired))
 	log.Info("parked request expired", "parked_since", rec.CreatedAt)
-	return s.publish(ctx, s.event(rec, EventExpired, func(e *Event) { e.Reason = "parked_too_long" }))
+	return s.transition(ctx, rec, s.event(rec, EventExpired, func(e *Event) { e.Reason = "parked_too_long" }))
 }
 
 // outstanding lists the ids of the tenant's outstanding invoices in v.

@@ -444,3 +444,26 @@ func TestServiceParkExpiry(t *testing.T) {
 	require.Equal(t, []string{pipeline.EventAccepted, pipeline.EventBlockedUnpaid, pipeline.EventExpired}, types(se.eventsOf("expire-1")))
 	require.Zero(t, metricValue(t, se.reg, "exportd_requests_parked", ""))
 }
+
+// TestServiceOutbox: while the results topic cannot be written, events wait
+// in the request's outbox and the request is retried; once the topic
+// exists, every event is published, in order.
+func TestServiceOutbox(t *testing.T) {
+	se := newServiceEnv(t)
+	se.cfg.ResultTopic = "late.results" // does not exist yet
+	se.start(t)
+	se.broker.Produce(t, requestTopic, []byte("1"), requestJSON("outbox-1", 1, se.admin(t, 1), ""))
+	waitFor(t, time.Minute, "the request to be recorded", func() bool {
+		return metricValue(t, se.reg, "exportd_kafka_messages_total", "accepted") == 1
+	})
+	require.Zero(t, metricValue(t, se.reg, "exportd_events_published_total", pipeline.EventAccepted))
+	se.broker.CreateTopic(t, "late.results", 1)
+	msgs := se.broker.WaitMessages(t, t.Context(), "late.results", 2, 2*time.Minute)
+	var got []string
+	for _, m := range msgs {
+		var e pipeline.Event
+		require.NoError(t, json.Unmarshal(m.Value, &e))
+		got = append(got, e.Type)
+	}
+	require.Equal(t, []string{pipeline.EventAccepted, pipeline.EventCompleted}, got)
+}
