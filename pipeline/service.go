@@ -378,7 +378,7 @@ func (s *Service) advance(ctx context.Context, log *slog.Logger, rec *RequestRec
 func (s *Service) fence(ctx context.Context, log *slog.Logger, rec *RequestRecord) (*snapshot.Version, error) {
 	var fence snapshot.LSN
 	if rec.Fence != "" {
-		l, err := parseLSN(rec.Fence)
+		l, err := snapshot.ParseLSN(rec.Fence)
 		if err != nil {
 			return nil, &failure{"internal_error", false, err}
 		}
@@ -786,16 +786,8 @@ func headerValue(m kafka.Message, key string) (string, bool) {
 	return "", false
 }
 
-func parseLSN(s string) (snapshot.LSN, error) {
-	var hi, lo uint32
-	if _, err := fmt.Sscanf(s, "%X/%X", &hi, &lo); err != nil {
-		return 0, fmt.Errorf("parse LSN %q: %w", s, err)
-	}
-	return snapshot.LSN(uint64(hi)<<32 | uint64(lo)), nil
-}
-
 func maxLSN(fence string, l snapshot.LSN) string {
-	if f, err := parseLSN(fence); err == nil && f > l {
+	if f, err := snapshot.ParseLSN(fence); err == nil && f > l {
 		return fence
 	}
 	return l.String()

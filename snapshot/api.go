@@ -67,6 +67,15 @@ type LSN uint64
 // String prints the position as PostgreSQL does, e.g. "16/B374D848".
 func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
 
+// ParseLSN parses a position as String prints it.
+func ParseLSN(s string) (LSN, error) {
+	var hi, lo uint32
+	if _, err := fmt.Sscanf(s, "%X/%X", &hi, &lo); err != nil {
+		return 0, fmt.Errorf("parse LSN %q: %w", s, err)
+	}
+	return LSN(uint64(hi)<<32 | uint64(lo)), nil
+}
+
 // Column is one column of a staged table.
 type Column struct {
 	Name    string `json:"name"`

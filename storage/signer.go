@@ -156,9 +156,9 @@ func escapeKey(key string) string {
 }
 
 // FSLinker issues links to FS objects, signed by Signer and served by
-// DownloadHandler.
+// DownloadHandler. It embeds the FS, so it is a store that links.
 type FSLinker struct {
-	FS     *FS
+	*FS
 	Signer *Signer
 }
 

@@ -116,7 +116,7 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer v.Close()
-	ex := pipeline.NewExporter(spec, files, fsPublisher{out, &storage.FSLinker{FS: out, Signer: signer}},
+	ex := pipeline.NewExporter(spec, files, &storage.FSLinker{FS: out, Signer: signer},
 		pipeline.ExportConfig{CompressionLevel: *level}, logger, nil)
 	m, err := ex.Export(ctx, v, *tenant, *requestID)
 	if err != nil {
@@ -128,12 +128,6 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(m)
-}
-
-// fsPublisher joins the filesystem store and its signed links.
-type fsPublisher struct {
-	*storage.FS
-	*storage.FSLinker
 }
 
 // peakRSS reads the process's peak resident set size (VmHWM) from /proc:

@@ -167,12 +167,6 @@ func (d *Daemon) openStore(ctx context.Context, s config.Store, name string) (st
 	return nil, fmt.Errorf("%s store: unknown type %q", name, s.Type)
 }
 
-// fsPublisher is the filesystem store with links served by the daemon.
-type fsPublisher struct {
-	*storage.FS
-	*storage.FSLinker
-}
-
 // openPublisher opens the publish store; for a filesystem store it mounts
 // the download handler on mux.
 func (d *Daemon) openPublisher(ctx context.Context, mux *http.ServeMux) (pipeline.Publisher, error) {
@@ -194,7 +188,7 @@ func (d *Daemon) openPublisher(ctx context.Context, mux *http.ServeMux) (pipelin
 			return nil, fmt.Errorf("publish.link_secret: %w", err)
 		}
 		mux.Handle(storage.DownloadPath, storage.DownloadHandler(s, signer, d.logger))
-		return fsPublisher{s, &storage.FSLinker{FS: s, Signer: signer}}, nil
+		return &storage.FSLinker{FS: s, Signer: signer}, nil
 	case *storage.S3:
 		return s, nil
 	}

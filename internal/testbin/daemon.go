@@ -3,17 +3,17 @@ package testbin
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/exportd/exportd/snapshot"
 )
 
 // Daemon is an `exportd run` process.
@@ -139,7 +139,7 @@ func (d *Daemon) Status(ctx context.Context, v any) bool {
 // PostgreSQL prints it), failing t after timeout or if the daemon exits.
 func (d *Daemon) WaitApplied(t testing.TB, lsn string, timeout time.Duration) {
 	t.Helper()
-	want, err := parseLSN(lsn)
+	want, err := snapshot.ParseLSN(lsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func (d *Daemon) WaitApplied(t testing.TB, lsn string, timeout time.Duration) {
 			} `json:"replication"`
 		}
 		if d.Status(t.Context(), &st) && st.Replication.SnapshotDone {
-			if got, err := parseLSN(st.Replication.AppliedLSN); err == nil && got >= want {
+			if got, err := snapshot.ParseLSN(st.Replication.AppliedLSN); err == nil && got >= want {
 				return
 			}
 		}
@@ -164,20 +164,4 @@ func (d *Daemon) WaitApplied(t testing.TB, lsn string, timeout time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func parseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("bad LSN %q", s)
-	}
-	h, err := strconv.ParseUint(hi, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("bad LSN %q", s)
-	}
-	l, err := strconv.ParseUint(lo, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("bad LSN %q", s)
-	}
-	return h<<32 | l, nil
 }
