@@ -14,6 +14,8 @@
 // alone (snapshot, compact, apply) and a heap profile near apply's peak to
 // <dir>, for go tool pprof -top <dir>/apply.pprof; -cpuprofile also works
 // but includes the data generator, which runs in this process.
+// EXPORTD_BENCH_LOADCODEC=snappy|zstd|none compresses the initial snapshot's
+// spilled runs (snapshot.Options.LoadCompression; default none).
 //
 // BenchmarkInitialSnapshot:
 //
@@ -312,7 +314,7 @@ type exportdRun struct {
 func startExportd(b *testing.B, ctx context.Context, e *benchEnv, dir string) *exportdRun {
 	b.Helper()
 	reg := prometheus.NewRegistry()
-	store, err := snapshot.Open(ctx, dir, snapshot.Options{Logger: e.log, Registerer: reg})
+	store, err := snapshot.Open(ctx, dir, snapshot.Options{Logger: e.log, Registerer: reg, LoadCompression: os.Getenv("EXPORTD_BENCH_LOADCODEC")})
 	benchNoError(b, err)
 	repl, err := cdc.New(e.config(), store, e.log, reg)
 	benchNoError(b, err)

@@ -68,17 +68,24 @@ func (p *copyTextParser) line(line []byte) error {
 	p.row = p.row[:0]
 	p.arena = p.arena[:0]
 	p.escaped = p.escaped[:0]
+	// bs is the offset in line of its next backslash (len(line) if none):
+	// the fields before it are taken as they are, without a scan each.
+	bs := bytes.IndexByte(line, '\\')
+	if bs < 0 {
+		bs = len(line)
+	}
+	off := 0 // offset in line of the current field
 	for {
-		end := bytes.IndexByte(line, '\t')
-		f := line
+		end := bytes.IndexByte(line[off:], '\t')
+		f := line[off:]
 		if end >= 0 {
-			f = line[:end]
+			f = f[:end]
 		}
 		switch {
+		case off+len(f) <= bs:
+			p.row = append(p.row, f)
 		case len(f) == 2 && f[0] == '\\' && f[1] == 'N':
 			p.row = append(p.row, nil)
-		case bytes.IndexByte(f, '\\') < 0:
-			p.row = append(p.row, f)
 		default:
 			// The arena may move while it grows: slice it once the row is done.
 			start := len(p.arena)
@@ -92,7 +99,14 @@ func (p *copyTextParser) line(line []byte) error {
 		if end < 0 {
 			break
 		}
-		line = line[end+1:]
+		off += end + 1
+		if bs < off {
+			if i := bytes.IndexByte(line[off:], '\\'); i >= 0 {
+				bs = off + i
+			} else {
+				bs = len(line)
+			}
+		}
 	}
 	if len(p.row) != p.ncols {
 		return fmt.Errorf("parse COPY output: row %d has %d fields, want %d", p.rows+1, len(p.row), p.ncols)
@@ -109,16 +123,17 @@ type escapedValue struct{ col, start, end int }
 // unescapeCopyText appends the value of one COPY text-format field to dst.
 func unescapeCopyText(dst, f []byte) ([]byte, error) {
 	for i := 0; i < len(f); i++ {
-		c := f[i]
-		if c != '\\' {
-			dst = append(dst, c)
-			continue
+		// Copy the run up to the next backslash in one go.
+		j := bytes.IndexByte(f[i:], '\\')
+		if j < 0 {
+			return append(dst, f[i:]...), nil
 		}
-		i++
+		dst = append(dst, f[i:i+j]...)
+		i += j + 1
 		if i == len(f) {
 			return dst, fmt.Errorf("parse COPY output: field ends in a lone backslash")
 		}
-		switch c = f[i]; c {
+		switch c := f[i]; c {
 		case 'b':
 			dst = append(dst, '\b')
 		case 'f':

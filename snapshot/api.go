@@ -122,9 +122,14 @@ type Options struct {
 	// SegmentCompression of delta segments (default "snappy": they are
 	// transient and point lookups decode their pages).
 	SegmentCompression string
+	// LoadCompression of the runs an initial snapshot spills (default
+	// "none": they are written once and read once, by the fold into base
+	// files, so compressing them costs the load CPU it shares with the
+	// database it copies from, for disk space held only until the fold).
+	LoadCompression string
 	// MetaCacheSize is the block cache of the metadata store, which holds the
-	// key-to-tenant index; its 4 MiB memtables are reserved from it (default
-	// 32 MiB).
+	// key-to-tenant index; its 8 MiB memtables are reserved from it (default
+	// 48 MiB).
 	MetaCacheSize int64
 	// MaxOpenFiles bounds the data files kept open while unused (default 256).
 	MaxOpenFiles int

@@ -364,7 +364,7 @@ func (l *Load) writeRun(set []*loadChunk) (*segMeta, error) {
 	}
 	s := l.s
 	num := s.allocFile()
-	w, err := newSegWriter(s.objs, segName(num), s.lay, s.segCodec)
+	w, err := newSegWriter(s.objs, segName(num), s.lay, s.loadCodec)
 	if err != nil {
 		return nil, err
 	}
