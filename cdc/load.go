@@ -140,6 +140,7 @@ func (r *Replicator) initialSnapshot(ctx context.Context, conn *pgx.Conn, tables
 	if err != nil {
 		return 0, fmt.Errorf("begin load: %w", err)
 	}
+	load.SizeHint(totalBytes)
 	committed := false
 	defer func() {
 		if !committed {

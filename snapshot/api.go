@@ -122,10 +122,13 @@ type Options struct {
 	// SegmentCompression of delta segments (default "snappy": they are
 	// transient and point lookups decode their pages).
 	SegmentCompression string
-	// LoadCompression of the runs an initial snapshot spills (default
-	// "none": they are written once and read once, by the fold into base
-	// files, so compressing them costs the load CPU it shares with the
-	// database it copies from, for disk space held only until the fold).
+	// LoadCompression of the runs an initial snapshot spills: "auto"
+	// (default), "none", "snappy" or "zstd". The runs are written once and
+	// read once, by the fold into base files, so compressing them costs the
+	// load CPU it shares with the database it copies from, for disk space
+	// held only until the fold. "auto" writes them uncompressed unless the
+	// staging volume's free space is short of 2.5 times the size the
+	// load expects (Load.SizeHint), and then as snappy.
 	LoadCompression string
 	// MetaCacheSize is the block cache of the metadata store, which holds the
 	// key-to-tenant index; its 8 MiB memtables are reserved from it (default

@@ -11,7 +11,19 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/compress"
+	"golang.org/x/sys/unix"
 )
+
+// freeBytes is the space available to exportd on the volume holding dir.
+func freeBytes(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
 
 // Load writes a fresh snapshot of all tables. Writers fill private chunks
 // (no locking per row), sort each full chunk and hand it to the Load; when
@@ -32,6 +44,7 @@ type Load struct {
 
 	chunkSize int
 	threshold int64
+	codec     compress.Codec // of the runs; set before any writer exists
 	aborted   atomic.Bool
 
 	mu       sync.Mutex
@@ -126,6 +139,10 @@ func (s *Store) BeginLoad(ctx context.Context, slot string, lsn LSN, tables []Ta
 		minID:     s.nextTable,
 		chunkSize: chunk,
 		threshold: max(s.opts.MemoryLimit/2, int64(chunk)),
+		codec:     &parquet.Uncompressed,
+	}
+	if c := s.opts.LoadCompression; c != "auto" {
+		l.codec = codecFor(c)
 	}
 	l.cond = sync.NewCond(&l.mu)
 	s.nextSeq++
@@ -138,6 +155,28 @@ func (s *Store) BeginLoad(ctx context.Context, slot string, lsn LSN, tables []Ta
 	l.maxID = s.nextTable
 	s.load = l
 	return l, nil
+}
+
+// SizeHint tells the load how many bytes the tables take in the source
+// database (heap and TOAST). With LoadCompression "auto" it compresses its
+// runs when the staging volume has less than 2.5 times that free:
+// uncompressed runs take about 1.3 times the tables' size until the fold
+// replaces them with base files of about half of it, and the rest is margin. Call it before the first Writer.
+func (l *Load) SizeHint(bytes int64) {
+	if l.s.opts.LoadCompression != "auto" || bytes <= 0 {
+		return
+	}
+	free, err := freeBytes(l.s.dir)
+	if err != nil {
+		l.s.log.Warn("initial snapshot: cannot read the staging volume's free space; compressing runs", "err", err)
+		l.codec = l.s.segCodec
+		return
+	}
+	if free < bytes*5/2 {
+		l.s.log.Info("initial snapshot: the staging volume is short of space for uncompressed runs; compressing them",
+			"free_bytes", free, "tables_bytes", bytes)
+		l.codec = l.s.segCodec
+	}
 }
 
 // Writer returns a new writer for table.
@@ -297,6 +336,14 @@ func (l *Load) startSpillLocked() {
 	l.spilling = true
 	go func() {
 		run, err := l.writeRun(set)
+		if err == nil && run != nil {
+			// Durable now, while the copy goes on, rather than all at Commit.
+			if c, ok := l.s.objs.(coldSyncer); ok {
+				err = c.SyncCold(run.name())
+			} else {
+				err = l.s.objs.Sync([]string{run.name()})
+			}
+		}
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.spilling = false
@@ -320,6 +367,12 @@ func (l *Load) waitSpillLocked() {
 	for l.spilling {
 		l.cond.Wait()
 	}
+}
+
+// coldSyncer is implemented by object stores that can make an object
+// durable and tell the OS it will not be read again soon.
+type coldSyncer interface {
+	SyncCold(name string) error
 }
 
 // chunkCursor walks one sorted chunk during a spill's merge.
@@ -364,7 +417,7 @@ func (l *Load) writeRun(set []*loadChunk) (*segMeta, error) {
 	}
 	s := l.s
 	num := s.allocFile()
-	w, err := newSegWriter(s.objs, segName(num), s.lay, s.loadCodec)
+	w, err := newSegWriter(s.objs, segName(num), s.lay, l.codec)
 	if err != nil {
 		return nil, err
 	}

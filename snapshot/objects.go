@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 )
 
 // objects is where staged data files live: a flat namespace of immutable
@@ -110,6 +111,24 @@ func (d *dirObjects) List(prefix string) ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, nil
+}
+
+// SyncCold makes a committed object's content durable and drops it from the
+// page cache: an initial snapshot's runs are read again only by the fold,
+// and letting gigabytes of them fill the page cache made every write of the
+// load slower (kernel CPU per GB written rose about 2.5 times past a few
+// GB on the 2-core benchmark machine). The name is made durable by Sync.
+func (d *dirObjects) SyncCold(name string) error {
+	f, err := os.Open(d.path(name))
+	if err != nil {
+		return fmt.Errorf("sync object %s: %w", name, err)
+	}
+	if err := f.Sync(); err != nil {
+		return errors.Join(fmt.Errorf("sync object %s: %w", name, err), f.Close())
+	}
+	// Advice only: an error here loses nothing.
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	return f.Close()
 }
 
 func (d *dirObjects) Sync(names []string) error {

@@ -50,9 +50,7 @@ type Store struct {
 	// segCodec compresses segments: they are transient and point lookups
 	// decode their pages, so a fast codec (snappy) pays off.
 	segCodec compress.Codec
-	// loadCodec compresses an initial snapshot's runs.
-	loadCodec compress.Codec
-	seed      maphash.Seed
+	seed     maphash.Seed
 
 	// dead is set when a test simulates a crash: nothing cleans up any more.
 	dead atomic.Bool
@@ -206,14 +204,16 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		opts.SegmentCompression = "snappy"
 	}
 	if opts.LoadCompression == "" {
-		opts.LoadCompression = "none"
+		opts.LoadCompression = "auto"
 	}
-	for _, c := range []string{opts.Compression, opts.SegmentCompression, opts.LoadCompression} {
-		switch c {
-		case "zstd", "snappy", "none":
-		default:
+	known := func(c string) bool { return c == "zstd" || c == "snappy" || c == "none" }
+	for _, c := range []string{opts.Compression, opts.SegmentCompression} {
+		if !known(c) {
 			return nil, fmt.Errorf("open store: unknown compression %q", c)
 		}
+	}
+	if c := opts.LoadCompression; !known(c) && c != "auto" {
+		return nil, fmt.Errorf("open store: unknown compression %q", c)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -249,21 +249,20 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open metadata store: %w", err)
 	}
 	s := &Store{
-		dir:       dir,
-		opts:      opts,
-		log:       log,
-		m:         newMetrics(opts.Registerer),
-		db:        db,
-		objs:      objs,
-		files:     newFileCache(objs, opts.MaxOpenFiles),
-		lay:       newSegLayout(),
-		codec:     codecFor(opts.Compression),
-		segCodec:  codecFor(opts.SegmentCompression),
-		loadCodec: codecFor(opts.LoadCompression),
-		seed:      maphash.MakeSeed(),
-		live:      make(map[uint64]*dataVer),
-		lsnCh:     make(chan struct{}),
-		kick:      make(chan struct{}, 1),
+		dir:      dir,
+		opts:     opts,
+		log:      log,
+		m:        newMetrics(opts.Registerer),
+		db:       db,
+		objs:     objs,
+		files:    newFileCache(objs, opts.MaxOpenFiles),
+		lay:      newSegLayout(),
+		codec:    codecFor(opts.Compression),
+		segCodec: codecFor(opts.SegmentCompression),
+		seed:     maphash.MakeSeed(),
+		live:     make(map[uint64]*dataVer),
+		lsnCh:    make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 	}
 	if err := s.recover(); err != nil {
 		return nil, errors.Join(err, db.Close())
