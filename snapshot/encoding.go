@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strconv"
 )
 
@@ -249,6 +250,22 @@ func appendPayload(dst []byte, gen int, row Row) []byte {
 	}
 	return dst
 }
+
+// payloadSize is len(appendPayload(nil, gen, row)).
+func payloadSize(gen int, row Row) int {
+	n := uvarintLen(uint64(gen)) + uvarintLen(uint64(len(row)))
+	for _, v := range row {
+		if v == nil {
+			n++
+			continue
+		}
+		n += uvarintLen(uint64(len(v))+1) + len(v)
+	}
+	return n
+}
+
+// uvarintLen is the length of binary.AppendUvarint's encoding of x.
+func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
 
 var errBadPayload = errors.New("malformed row payload")
 

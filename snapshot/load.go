@@ -94,7 +94,6 @@ type LoadWriter struct {
 	ch     *loadChunk
 	idx    *pebble.Batch
 	sk     []byte
-	pl     []byte
 	ik     []byte
 	err    error // sticky: the load failed
 	closed bool
@@ -227,10 +226,10 @@ func (w *LoadWriter) Append(row Row) error {
 	if w.sk, err = encodeKey(w.sk, g, row); err != nil {
 		return fmt.Errorf("append to %s: %w", w.t.Name, err)
 	}
-	w.pl = appendPayload(w.pl[:0], 0, row)
+	plLen := payloadSize(0, row)
 
 	ch := w.ch
-	need := len(w.sk) + len(w.pl)
+	need := len(w.sk) + plLen
 	if len(ch.buf)+need > cap(ch.buf) && len(ch.ents) > 0 {
 		if err := w.l.submit(ch); err != nil {
 			w.ch, w.err = nil, fmt.Errorf("append to %s: %w", w.t.Name, err)
@@ -246,8 +245,8 @@ func (w *LoadWriter) Append(row Row) error {
 	}
 	off := uint32(len(ch.buf))
 	ch.buf = append(ch.buf, w.sk...)
-	ch.buf = append(ch.buf, w.pl...)
-	ch.ents = append(ch.ents, loadEnt{skOff: off, skLen: uint32(len(w.sk)), plOff: off + uint32(len(w.sk)), plLen: uint32(len(w.pl))})
+	ch.buf = appendPayload(ch.buf, 0, row) // straight into the chunk: no second copy
+	ch.ents = append(ch.ents, loadEnt{skOff: off, skLen: uint32(len(w.sk)), plOff: off + uint32(len(w.sk)), plLen: uint32(plLen)})
 
 	if !g.tenantInKey {
 		w.ik = append(appendIndexPrefix(w.ik[:0], w.t.ID, 0), w.sk[tenantEnd:]...)
@@ -417,7 +416,7 @@ func (l *Load) writeRun(set []*loadChunk) (*segMeta, error) {
 	}
 	s := l.s
 	num := s.allocFile()
-	w, err := newSegWriter(s.objs, segName(num), s.lay, l.codec)
+	w, err := newSegWriterPaged(s.objs, segName(num), s.lay, l.codec, loadPageBytes)
 	if err != nil {
 		return nil, err
 	}

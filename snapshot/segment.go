@@ -112,6 +112,16 @@ type segWriter struct {
 }
 
 func newSegWriter(objs objects, name string, lay segLayout, codec compress.Codec) (*segWriter, error) {
+	return newSegWriterPaged(objs, name, lay, codec, segPageBytes)
+}
+
+// loadPageBytes is the page size of an initial snapshot's runs: they are
+// written at full speed and folded soon, so fewer, larger pages (less
+// per-page work: headers, bounds, page index) pay more than cheap point
+// lookups in them.
+const loadPageBytes = 64 << 10
+
+func newSegWriterPaged(objs objects, name string, lay segLayout, codec compress.Codec, pageBytes int) (*segWriter, error) {
 	obj, err := objs.Create(name)
 	if err != nil {
 		return nil, err
@@ -119,7 +129,7 @@ func newSegWriter(objs objects, name string, lay segLayout, codec compress.Codec
 	cw := &countingWriter{w: obj}
 	pw := parquet.NewWriter(cw, lay.schema,
 		parquet.Compression(codec),
-		parquet.PageBufferSize(segPageBytes),
+		parquet.PageBufferSize(pageBytes),
 		parquet.ColumnIndexSizeLimit(func([]string) int { return skIndexSizeLimit }),
 		parquet.BloomFilters(parquet.SplitBlockFilter(10, "sk")),
 		parquet.CreatedBy("exportd", "", ""),
