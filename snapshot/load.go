@@ -16,15 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// freeBytes is the space available to exportd on the volume holding dir.
-func freeBytes(dir string) (int64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", dir, err)
-	}
-	return int64(st.Bavail) * int64(st.Bsize), nil
-}
-
 // Load writes a fresh snapshot of all tables. Writers fill private chunks
 // (no locking per row), sort each full chunk and hand it to the Load; when
 // the handed-over chunks reach half of Options.MemoryLimit, a spill goroutine
@@ -160,7 +151,8 @@ func (s *Store) BeginLoad(ctx context.Context, slot string, lsn LSN, tables []Ta
 // database (heap and TOAST). With LoadCompression "auto" it compresses its
 // runs when the staging volume has less than 2.5 times that free:
 // uncompressed runs take about 1.3 times the tables' size until the fold
-// replaces them with base files of about half of it, and the rest is margin. Call it before the first Writer.
+// replaces them with base files of about half of it, and the rest is
+// margin. Call it before the first Writer.
 func (l *Load) SizeHint(bytes int64) {
 	if l.s.opts.LoadCompression != "auto" || bytes <= 0 {
 		return
@@ -176,6 +168,15 @@ func (l *Load) SizeHint(bytes int64) {
 			"free_bytes", free, "tables_bytes", bytes)
 		l.codec = l.s.segCodec
 	}
+}
+
+// freeBytes is the space available to exportd on the volume holding dir.
+func freeBytes(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
 // Writer returns a new writer for table.
