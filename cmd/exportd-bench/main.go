@@ -40,7 +40,7 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("exportd-bench", flag.ContinueOnError)
 	scale := fs.String("scale", "S", "data set scale: S (~200k rows, seconds), M (~10M rows), L (~50M rows, one tenant of ~20M)")
-	out := fs.String("out", "BENCHMARKS.md", "Markdown report to write (empty: none)")
+	out := fs.String("out", "", `Markdown report to write (default "<scale>.md"; "-": none). BENCHMARKS.md holds the reports of M and L pasted beside hand-written analysis: do not write over it`)
 	plots := fs.String("plots", "bench", "directory for the PNG plots and results-<scale>.json (empty: none)")
 	workDir := fs.String("workdir", "", "directory for the cluster, staging and outputs of the run (default: the temporary directory)")
 	exportd := fs.String("exportd", "", "exportd binary to measure (default: build ./cmd/exportd)")
@@ -58,6 +58,12 @@ func run(ctx context.Context, args []string) error {
 	sc, err := bench.ScaleByName(*scale)
 	if err != nil {
 		return err
+	}
+	switch *out {
+	case "":
+		*out = sc.Name + ".md"
+	case "-":
+		*out = ""
 	}
 	cfg := bench.Config{Scale: sc, WorkDir: *workDir, Exportd: *exportd, DuckDB: *duckDB, Logger: log}
 	if *phases != "" {

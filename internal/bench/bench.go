@@ -3,7 +3,7 @@
 // a Markdown table (BENCHMARKS.md), PNG plots and a JSON file of the raw
 // results. cmd/exportd-bench is its command:
 //
-//	go run ./cmd/exportd-bench -scale M -out BENCHMARKS.md -plots bench/
+//	go run ./cmd/exportd-bench -scale M -out M.md -plots bench/
 //
 // A run starts a private PostgreSQL (internal/pgcluster), generates the
 // reference schema at the chosen scale (internal/gen), builds the exportd
@@ -213,5 +213,5 @@ type runner struct {
 
 // regenerateCommand is the command that reproduces a run of scale.
 func regenerateCommand(scale string) string {
-	return fmt.Sprintf("go run ./cmd/exportd-bench -scale %s -out BENCHMARKS.md -plots bench/", scale)
+	return fmt.Sprintf("go run ./cmd/exportd-bench -scale %s -out %s.md -plots bench/", scale, scale)
 }
