@@ -44,13 +44,11 @@
 package cdc_test
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -60,8 +58,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,11 +94,7 @@ func benchRows(b *testing.B) int {
 }
 
 // benchTable is one replicated table as COPY prints it.
-type benchTable struct {
-	name  string
-	rows  int64
-	bytes int64 // COPY text bytes
-}
+type benchTable = benchutil.CopyTable
 
 // benchEnv is a private PostgreSQL loaded with generated data.
 type benchEnv struct {
@@ -140,23 +132,23 @@ func newBenchEnv(b *testing.B, ctx context.Context) *benchEnv {
 	benchNoError(b, err)
 	// A warm-up pass: fills the caches and measures what COPY prints.
 	for _, t := range refschema.Tables() {
-		e.tables = append(e.tables, benchTable{name: t})
+		e.tables = append(e.tables, benchTable{Name: t})
 	}
 	res, err := copyTables(ctx, url, e.tables, 1)
 	benchNoError(b, err)
 	for i := range e.tables {
-		e.tables[i].rows, e.tables[i].bytes = res.tables[i].rows, res.tables[i].bytes
-		e.rows += res.tables[i].rows
-		e.bytes += res.tables[i].bytes
+		e.tables[i] = res.Tables[i]
+		e.rows += res.Tables[i].Rows
+		e.bytes += res.Tables[i].Bytes
 	}
 	var desc []string
 	for _, t := range e.tables {
-		desc = append(desc, fmt.Sprintf("%s %d rows %.1f MB", strings.TrimPrefix(t.name, "public."), t.rows, float64(t.bytes)/1e6))
+		desc = append(desc, fmt.Sprintf("%s %d rows %.1f MB", strings.TrimPrefix(t.Name, "public."), t.Rows, float64(t.Bytes)/1e6))
 	}
 	e.note("exportd sources (cdc, snapshot; other engineers edit them concurrently): sha256 %s; GOMAXPROCS %d", sourceDigest(), benchutil.GOMAXPROCS())
 	e.note("generated %d rows for %d tenants in %s; replicated tables: %d rows, %.1f MB of COPY text (%s); warm-up COPY %s; load %s",
 		sum.TotalRows, len(sum.Tenants), sum.Duration.Round(time.Millisecond), e.rows, float64(e.bytes)/1e6,
-		strings.Join(desc, ", "), res.wall.Round(time.Millisecond), benchutil.LoadAvg())
+		strings.Join(desc, ", "), res.Wall.Round(time.Millisecond), benchutil.LoadAvg())
 	return e
 }
 
@@ -232,75 +224,6 @@ func (e *benchEnv) dropSlot(b *testing.B, ctx context.Context, slot string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-// copyResult is what one pass of copyTables measured.
-type copyResult struct {
-	wall, cpu   time.Duration
-	rows, bytes int64
-	tables      []benchTable // per table, in the order given
-}
-
-// copyTables runs COPY <table> TO STDOUT for every table on workers
-// connections (carrying exportd's session settings, so the text is what
-// exportd receives) and discards the output. Tables are handed out largest
-// first.
-func copyTables(ctx context.Context, url string, tables []benchTable, workers int) (copyResult, error) {
-	cfg, err := cdc.ConnConfig(url)
-	if err != nil {
-		return copyResult{}, err
-	}
-	order := make([]int, len(tables))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(tables[b].bytes, tables[a].bytes) })
-	out := copyResult{tables: make([]benchTable, len(tables))}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, workers)
-	cpu0, start := benchutil.SelfCPU(), time.Now()
-	for w := range workers {
-		wg.Go(func() {
-			errs[w] = func() (err error) {
-				conn, err := pgx.ConnectConfig(ctx, cfg)
-				if err != nil {
-					return fmt.Errorf("connect: %w", err)
-				}
-				defer func() { err = errors.Join(err, conn.Close(context.Background())) }()
-				for {
-					n := int(next.Add(1) - 1)
-					if n >= len(order) {
-						return nil
-					}
-					i := order[n]
-					s, t, _ := strings.Cut(tables[i].name, ".")
-					cw := &byteCounter{}
-					tag, err := conn.PgConn().CopyTo(ctx, cw, "COPY "+pgx.Identifier{s, t}.Sanitize()+" TO STDOUT")
-					if err != nil {
-						return fmt.Errorf("copy %s: %w", tables[i].name, err)
-					}
-					out.tables[i] = benchTable{name: tables[i].name, rows: tag.RowsAffected(), bytes: cw.n}
-				}
-			}()
-		})
-	}
-	wg.Wait()
-	out.wall, out.cpu = time.Since(start), benchutil.SelfCPU()-cpu0
-	for _, t := range out.tables {
-		out.rows += t.rows
-		out.bytes += t.bytes
-	}
-	return out, errors.Join(errs...)
-}
-
-type byteCounter struct{ n int64 }
-
-func (c *byteCounter) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
-	return len(p), nil
-}
-
-var _ io.Writer = (*byteCounter)(nil)
 
 // exportdRun is one in-process exportd (store and replicator).
 type exportdRun struct {
@@ -513,10 +436,10 @@ func BenchmarkInitialSnapshot(b *testing.B) {
 			for range b.N {
 				res, err := copyTables(ctx, e.url, e.tables, workers)
 				benchNoError(b, err)
-				if res.rows != e.rows || res.bytes != e.bytes {
-					b.Fatalf("COPY printed %d rows, %d bytes; the warm-up pass %d rows, %d bytes", res.rows, res.bytes, e.rows, e.bytes)
+				if res.Rows != e.rows || res.Bytes != e.bytes {
+					b.Fatalf("COPY printed %d rows, %d bytes; the warm-up pass %d rows, %d bytes", res.Rows, res.Bytes, e.rows, e.bytes)
 				}
-				rows, bytes, wall, cpu = rows+res.rows, bytes+res.bytes, wall+res.wall, cpu+res.cpu
+				rows, bytes, wall, cpu = rows+res.Rows, bytes+res.Bytes, wall+res.Wall, cpu+res.CPU
 			}
 			*rate = float64(rows) / wall.Seconds()
 			b.ReportMetric(*rate, "rows/s")
@@ -910,4 +833,14 @@ type benchWriter struct{ b testing.TB }
 func (w benchWriter) Write(p []byte) (int, error) {
 	w.b.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// copyTables is benchutil.CopyTables on connections with exportd's session
+// settings.
+func copyTables(ctx context.Context, url string, tables []benchTable, workers int) (benchutil.CopyResult, error) {
+	cfg, err := cdc.ConnConfig(url)
+	if err != nil {
+		return benchutil.CopyResult{}, err
+	}
+	return benchutil.CopyTables(ctx, cfg, tables, workers)
 }

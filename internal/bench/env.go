@@ -3,20 +3,14 @@ package bench
 import (
 	"bufio"
 	"bytes"
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -44,11 +38,7 @@ type env struct {
 }
 
 // tableCopy is one replicated table as COPY prints it.
-type tableCopy struct {
-	name  string
-	rows  int64
-	bytes int64
-}
+type tableCopy = benchutil.CopyTable
 
 func startEnv(ctx context.Context, dir string, scale Scale, log *slog.Logger) (_ *env, err error) {
 	pg, err := pgcluster.Start(ctx, pgcluster.Options{
@@ -107,16 +97,16 @@ func startEnv(ctx context.Context, dir string, scale Scale, log *slog.Logger) (_
 	}
 	// A warm-up pass: fills the caches and measures what COPY prints.
 	for _, t := range refschema.Tables() {
-		e.tables = append(e.tables, tableCopy{name: t})
+		e.tables = append(e.tables, tableCopy{Name: t})
 	}
 	res, err := copyTables(ctx, e.url, e.tables, 1)
 	if err != nil {
 		return nil, fmt.Errorf("warm-up copy: %w", err)
 	}
 	for i := range e.tables {
-		e.tables[i].rows, e.tables[i].bytes = res.tables[i].rows, res.tables[i].bytes
-		e.data.Rows += res.tables[i].rows
-		e.data.CopyBytes += res.tables[i].bytes
+		e.tables[i] = res.Tables[i]
+		e.data.Rows += res.Tables[i].Rows
+		e.data.CopyBytes += res.Tables[i].Bytes
 	}
 	err = e.admin.QueryRow(ctx, `SELECT sum(pg_total_relation_size(t::regclass))::bigint, sum(pg_table_size(t::regclass))::bigint
 		FROM unnest($1::text[]) t`, refschema.Tables()).Scan(&e.data.ProductionBytes, &e.data.ProductionHeapBytes)
@@ -220,74 +210,6 @@ func tuplesRead(ctx context.Context, conn *pgx.Conn) (int64, error) {
 	return n, nil
 }
 
-// copyResult is what one pass of copyTables measured.
-type copyResult struct {
-	wall, cpu   time.Duration
-	rows, bytes int64
-	tables      []tableCopy // per table, in the order given
-}
-
-// copyTables runs COPY <table> TO STDOUT for every table on workers
-// connections (with exportd's session settings, so the text is what exportd
-// receives) and discards the output. Tables are handed out largest first.
-func copyTables(ctx context.Context, url string, tables []tableCopy, workers int) (copyResult, error) {
-	cfg, err := cdc.ConnConfig(url)
-	if err != nil {
-		return copyResult{}, err
-	}
-	order := make([]int, len(tables))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(tables[b].bytes, tables[a].bytes) })
-	out := copyResult{tables: make([]tableCopy, len(tables))}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, workers)
-	cpu0, start := benchutil.SelfCPU(), time.Now()
-	for w := range workers {
-		wg.Go(func() {
-			errs[w] = func() (err error) {
-				conn, err := pgx.ConnectConfig(ctx, cfg)
-				if err != nil {
-					return fmt.Errorf("connect: %w", err)
-				}
-				defer func() { err = errors.Join(err, conn.Close(context.Background())) }()
-				for {
-					n := int(next.Add(1) - 1)
-					if n >= len(order) {
-						return nil
-					}
-					i := order[n]
-					s, t, _ := strings.Cut(tables[i].name, ".")
-					var cw byteCounter
-					tag, err := conn.PgConn().CopyTo(ctx, &cw, "COPY "+pgx.Identifier{s, t}.Sanitize()+" TO STDOUT")
-					if err != nil {
-						return fmt.Errorf("copy %s: %w", tables[i].name, err)
-					}
-					out.tables[i] = tableCopy{name: tables[i].name, rows: tag.RowsAffected(), bytes: cw.n}
-				}
-			}()
-		})
-	}
-	wg.Wait()
-	out.wall, out.cpu = time.Since(start), benchutil.SelfCPU()-cpu0
-	for _, t := range out.tables {
-		out.rows += t.rows
-		out.bytes += t.bytes
-	}
-	return out, errors.Join(errs...)
-}
-
-type byteCounter struct{ n int64 }
-
-func (c *byteCounter) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
-	return len(p), nil
-}
-
-var _ io.Writer = (*byteCounter)(nil)
-
 // dirBytes is the total size of the regular files under dir.
 func dirBytes(dir string) int64 {
 	var n int64
@@ -342,4 +264,14 @@ func (d discardBelow) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (d discardBelow) WithGroup(name string) slog.Handler {
 	return discardBelow{d.Handler.WithGroup(name), d.min}
+}
+
+// copyTables is benchutil.CopyTables on connections with exportd's session
+// settings.
+func copyTables(ctx context.Context, url string, tables []tableCopy, workers int) (benchutil.CopyResult, error) {
+	cfg, err := cdc.ConnConfig(url)
+	if err != nil {
+		return benchutil.CopyResult{}, err
+	}
+	return benchutil.CopyTables(ctx, cfg, tables, workers)
 }

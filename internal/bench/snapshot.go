@@ -31,12 +31,12 @@ func (r *runner) snapshot(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if res.rows != e.data.Rows || res.bytes != e.data.CopyBytes {
+		if res.Rows != e.data.Rows || res.Bytes != e.data.CopyBytes {
 			return fmt.Errorf("COPY on %d connections printed %d rows, %d bytes; the warm-up pass %d rows, %d bytes",
-				p.workers, res.rows, res.bytes, e.data.Rows, e.data.CopyBytes)
+				p.workers, res.Rows, res.Bytes, e.data.Rows, e.data.CopyBytes)
 		}
-		*p.out = Rate{Seconds: res.wall.Seconds(), Rows: res.rows, Bytes: res.bytes, CPUSeconds: res.cpu.Seconds()}
-		r.log.InfoContext(ctx, "COPY baseline", "connections", p.workers, "seconds", res.wall.Seconds(),
+		*p.out = Rate{Seconds: res.Wall.Seconds(), Rows: res.Rows, Bytes: res.Bytes, CPUSeconds: res.CPU.Seconds()}
+		r.log.InfoContext(ctx, "COPY baseline", "connections", p.workers, "seconds", res.Wall.Seconds(),
 			"rows_per_s", int64(p.out.RowsPerSec()), "MB_per_s", p.out.MBPerSec())
 	}
 
