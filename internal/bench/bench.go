@@ -108,6 +108,10 @@ type Config struct {
 	// Phases, if set, runs only these phases (of snapshot, export, render,
 	// apply, freshness; snapshot always runs: the others need its staging).
 	Phases []string
+	// ProfileDir, if set, receives pprof profiles of the fold into base
+	// files, which runs in this process: fold-cpu.pprof, and
+	// fold-heap.pprof written near the heap's peak.
+	ProfileDir string
 	// Logger receives progress (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -164,7 +168,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	log.InfoContext(ctx, "data generated", "rows", e.data.GeneratedRows, "tenants", cfg.Scale.Tenants,
 		"copy_MB", float64(e.data.CopyBytes)/1e6, "seconds", e.data.GenSeconds)
 
-	r := &runner{e: e, bin: bin, dir: dir, log: log, res: res, scale: cfg.Scale, duckDB: cfg.DuckDB}
+	r := &runner{e: e, bin: bin, dir: dir, log: log, res: res, scale: cfg.Scale, duckDB: cfg.DuckDB, profileDir: cfg.ProfileDir}
 	phases := []struct {
 		name string
 		run  func(context.Context) error
@@ -203,6 +207,8 @@ type runner struct {
 	res    *Results
 	scale  Scale
 	duckDB bool
+	// profileDir receives the fold's profiles ("" none).
+	profileDir string
 
 	// stateDir is the daemon's state directory, built by the snapshot phase
 	// and used by the later ones.

@@ -98,7 +98,9 @@ type SnapshotResult struct {
 	CompactSeconds float64 `json:"compact_seconds"`
 	PeakRSS        int64   `json:"peak_rss"`
 	CompactPeakRSS int64   `json:"compact_peak_rss"`
-	SnapshotRows   int64   `json:"snapshot_rows"` // exportd_snapshot_rows_total
+	// CompactPeakHeap is the fold's peak Go heap (sampled), beside its RSS.
+	CompactPeakHeap int64 `json:"compact_peak_heap,omitempty"`
+	SnapshotRows    int64 `json:"snapshot_rows"` // exportd_snapshot_rows_total
 }
 
 // ExportResult is one tenant's export beside the production queries.

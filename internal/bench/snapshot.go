@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/exportd/exportd/internal/benchutil"
@@ -70,7 +71,16 @@ func (r *runner) snapshot(ctx context.Context) error {
 	}
 
 	// Fold the load's segments into base files, timed, in this process.
-	phase := benchutil.StartPhase(pollInterval)
+	heapProfile := ""
+	if r.profileDir != "" {
+		heapProfile = filepath.Join(r.profileDir, "fold-heap.pprof")
+		stop, err := startCPUProfile(filepath.Join(r.profileDir, "fold-cpu.pprof"))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	phase := benchutil.StartPhaseProfiled(pollInterval, heapProfile)
 	store, err := snapshot.Open(ctx, filepath.Join(r.stateDir, daemon.StagingDir), snapshot.Options{Logger: quiet(r.log)})
 	if err != nil {
 		return fmt.Errorf("open staging: %w", err)
@@ -80,7 +90,10 @@ func (r *runner) snapshot(ctx context.Context) error {
 		return err
 	}
 	u := phase.Stop()
-	s.CompactSeconds, s.CompactPeakRSS = u.Wall.Seconds(), u.PeakRSS
+	if u.ProfileErr != nil {
+		r.log.WarnContext(ctx, "fold heap profile", "err", u.ProfileErr)
+	}
+	s.CompactSeconds, s.CompactPeakRSS, s.CompactPeakHeap = u.Wall.Seconds(), u.PeakRSS, u.PeakHeap
 	st := store.Stats()
 	v, err := store.Pin(ctx)
 	if err != nil {
@@ -95,8 +108,28 @@ func (r *runner) snapshot(ctx context.Context) error {
 	r.res.Staging = StagingResult{DataBytes: st.Bytes, DirBytes: dirBytes(filepath.Join(r.stateDir, daemon.StagingDir)),
 		BaseFiles: st.BaseFiles, Segments: st.Segments}
 	r.log.InfoContext(ctx, "staging compacted", "seconds", s.CompactSeconds, "base_files", st.BaseFiles,
-		"staging_MB", float64(st.Bytes)/1e6, "production_MB", float64(e.data.ProductionBytes)/1e6)
+		"staging_MB", float64(st.Bytes)/1e6, "production_MB", float64(e.data.ProductionBytes)/1e6,
+		"peak_rss_MiB", mib(s.CompactPeakRSS), "peak_heap_MiB", mib(s.CompactPeakHeap))
 	return nil
+}
+
+// startCPUProfile profiles this process's CPU into path until stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close() // a truncated profile says so when read
+	}, nil
 }
 
 func (r *runner) note(format string, args ...any) {

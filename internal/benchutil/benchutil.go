@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -109,10 +110,20 @@ type Phase struct {
 	stop     chan struct{}
 	done     chan struct{}
 
+	// heapProfile, if set, receives a heap profile each time the sampled
+	// heap passes its last profiled peak by profileStep.
+	heapProfile string
+	profiled    uint64
+	profileErr  error
+
 	mu       sync.Mutex
 	peakHeap uint64
 	samples  int
 }
+
+// profileStep is how much the heap must grow past the last profile before
+// HeapProfileAtPeak writes another.
+const profileStep = 16 << 20
 
 // Usage is what a Phase measured.
 type Usage struct {
@@ -122,16 +133,42 @@ type Usage struct {
 	// yet swept) seen by sampling; PeakRSS the resident set's high-water mark.
 	PeakHeap int64
 	PeakRSS  int64
+	// ProfileErr is why the heap profile could not be written, if it could not.
+	ProfileErr error
 }
 
 // StartPhase returns the heap to the OS, resets the resident set's
 // high-water mark and starts measuring, sampling the Go heap every interval.
 func StartPhase(interval time.Duration) *Phase {
+	return StartPhaseProfiled(interval, "")
+}
+
+// StartPhaseProfiled is StartPhase that also writes a heap profile (pprof
+// format, in-use and allocated) to heapProfile whenever the sampled heap
+// reaches a new peak (by at least 16 MiB), so the file ends up showing the
+// heap near the phase's peak. "" writes none.
+func StartPhaseProfiled(interval time.Duration, heapProfile string) *Phase {
 	debug.FreeOSMemory()
 	_ = ResetPeakRSS(0) // best effort: the peak then covers the process's life
-	p := &Phase{start: time.Now(), startCPU: SelfCPU(), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Phase{start: time.Now(), startCPU: SelfCPU(), stop: make(chan struct{}), done: make(chan struct{}), heapProfile: heapProfile}
 	go p.sample(interval)
 	return p
+}
+
+// writeHeapProfile writes the heap profile as of the last GC.
+func (p *Phase) writeHeapProfile() {
+	f, err := os.Create(p.heapProfile)
+	if err != nil {
+		p.profileErr = fmt.Errorf("heap profile: %w", err)
+		return
+	}
+	err = pprof.Lookup("heap").WriteTo(f, 0)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		p.profileErr = fmt.Errorf("heap profile: %w", err)
+	}
 }
 
 func (p *Phase) sample(interval time.Duration) {
@@ -142,11 +179,17 @@ func (p *Phase) sample(interval time.Duration) {
 	for {
 		metrics.Read(s)
 		p.mu.Lock()
+		var heap uint64
 		if s[0].Value.Kind() == metrics.KindUint64 {
-			p.peakHeap = max(p.peakHeap, s[0].Value.Uint64())
+			heap = s[0].Value.Uint64()
+			p.peakHeap = max(p.peakHeap, heap)
 		}
 		p.samples++
 		p.mu.Unlock()
+		if p.heapProfile != "" && p.profileErr == nil && heap >= p.profiled+profileStep {
+			p.profiled = heap
+			p.writeHeapProfile()
+		}
 		select {
 		case <-p.stop:
 			return
@@ -164,6 +207,7 @@ func (p *Phase) Stop() Usage {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	u.PeakHeap, u.PeakRSS = int64(p.peakHeap), peak
+	u.ProfileErr = p.profileErr
 	return u
 }
 
