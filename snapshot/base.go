@@ -61,7 +61,8 @@ func newBaseWriter(objs objects, name string, table string, tenant string, g *ge
 		return nil, err
 	}
 	cw := &countingWriter{w: obj}
-	pw := parquet.NewWriter(cw, schema,
+	opts := []parquet.WriterOption{
+		schema,
 		parquet.Compression(codec),
 		parquet.PageBufferSize(basePageBytes),
 		parquet.ColumnIndexSizeLimit(func([]string) int { return skIndexSizeLimit }),
@@ -69,7 +70,13 @@ func newBaseWriter(objs objects, name string, table string, tenant string, g *ge
 		parquet.KeyValueMetadata(metaTable, table),
 		parquet.KeyValueMetadata(metaTenant, tenant),
 		parquet.KeyValueMetadata(metaColumns, string(mustJSON(g.Cols))),
-	)
+	}
+	// Only the key's page bounds are read (seekSorted); the writer would
+	// keep every page's bounds of every column, full values, until Close.
+	for _, c := range g.Cols {
+		opts = append(opts, parquet.SkipPageBounds(c.Name))
+	}
+	pw := parquet.NewWriter(cw, opts...)
 	w := &baseWriter{obj: obj, cw: cw, pw: pw, leaf: make([]int, len(g.Cols))}
 	kc, _ := schema.Lookup(baseKeyColumn)
 	w.keyCol = kc.ColumnIndex

@@ -132,6 +132,12 @@ func newSegWriterPaged(objs objects, name string, lay segLayout, codec compress.
 		parquet.PageBufferSize(pageBytes),
 		parquet.ColumnIndexSizeLimit(func([]string) int { return skIndexSizeLimit }),
 		parquet.BloomFilters(parquet.SplitBlockFilter(10, "sk")),
+		// Only sk's page bounds are read (seekSorted). The writer keeps
+		// every page's bounds until the file is closed, full values for
+		// byte arrays: for payload that was a tenth of the data in memory.
+		parquet.SkipPageBounds("payload"),
+		parquet.SkipPageBounds("seq"),
+		parquet.SkipPageBounds("op"),
 		parquet.CreatedBy("exportd", "", ""),
 	)
 	w := &segWriter{lay: lay, obj: obj, cw: cw, pw: pw, minSeq: -1, maxSeq: -1}
