@@ -6,10 +6,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"golang.org/x/sync/errgroup"
 )
 
 // policy holds the compaction thresholds (tests shrink them).
@@ -26,6 +28,21 @@ type policy struct {
 	foldMaxAge   time.Duration
 	// manual: the background compactor does nothing (tests call Compact).
 	manual bool
+	// workers is how many merges, or parts of a fold, run at once
+	// (0: defaultCompactWorkers). Each holds its own input iterators and
+	// one output file's buffers, a few tens of MiB at most.
+	workers int
+}
+
+// defaultCompactWorkers: two merges or fold parts at once. After an initial
+// snapshot the fold rewrites every row; one goroutine left a second core idle.
+const defaultCompactWorkers = 2
+
+func (p policy) parallel() int {
+	if p.workers > 0 {
+		return p.workers
+	}
+	return defaultCompactWorkers
 }
 
 func defaultPolicy() policy {
@@ -153,33 +170,93 @@ func (s *Store) compactOnce(ctx context.Context, force bool) (bool, error) {
 		return false, nil
 	}
 	start := time.Now()
-	var e *edit
+	var edits []*edit
 	switch kind {
 	case compactMerge:
-		e, err = s.merge(ctx, dv, segs)
+		edits, err = s.mergeWindows(ctx, dv, s.opts.policy.mergeWindows(dv.segs, segs))
 	case compactFold:
+		var e *edit
 		e, err = s.fold(ctx, dv, segs)
+		edits = []*edit{e}
 	}
 	if err != nil {
-		// e is nil unless the outputs were complete when the error came
-		// (e.g. closing a merge's inputs failed): they are not installed.
+		// The edits are nil unless their outputs were complete when the
+		// error came (e.g. closing a merge's inputs failed): they are not
+		// installed.
 		if !s.dead.Load() {
-			s.removeOutputs(e)
+			for _, e := range edits {
+				s.removeOutputs(e)
+			}
 		}
 		return false, err
 	}
-	installed, err := s.installEdit(dv, e)
-	if err != nil || !installed {
-		if !s.dead.Load() {
-			s.removeOutputs(e)
+	did := false
+	for i, e := range edits {
+		installed, err := s.installEdit(dv, e)
+		if err != nil || !installed {
+			if !s.dead.Load() {
+				for _, e := range edits[i:] {
+					s.removeOutputs(e)
+				}
+			}
+			return did, err
 		}
-		return false, err
+		did = true
+		s.m.compactions.WithLabelValues(kind.String()).Inc()
+		s.m.compactionSeconds.WithLabelValues(kind.String()).Observe(time.Since(start).Seconds())
+		s.log.Debug("compacted staging", "kind", kind.String(), "inputs", len(e.inputs),
+			"bases", len(e.bases), "seconds", time.Since(start).Seconds())
 	}
-	s.m.compactions.WithLabelValues(kind.String()).Inc()
-	s.m.compactionSeconds.WithLabelValues(kind.String()).Observe(time.Since(start).Seconds())
-	s.log.Debug("compacted staging", "kind", kind.String(), "inputs", len(segs),
-		"bases", len(e.bases), "seconds", time.Since(start).Seconds())
-	return true, nil
+	return did, nil
+}
+
+// mergeWindows adds to first, the window pick chose, more windows of
+// adjacent segments to merge at the same time (up to the workers), while
+// the segments left after merging them would still be more than fanIn.
+// Windows are disjoint runs of adjacent segments: merging each keeps the
+// segments' order, which lookups rely on (newest first).
+func (p policy) mergeWindows(segs, first []*segMeta) [][]*segMeta {
+	wins := [][]*segMeta{first}
+	n := len(segs) - (len(first) - 1)
+	var free [][]*segMeta
+	if i := slices.Index(segs, first[0]); i >= 0 {
+		free = append(free, segs[:i], segs[i+len(first):])
+	}
+	for len(wins) < p.parallel() && n > p.fanIn {
+		// The longest stretch of segments outside the chosen windows.
+		best := -1
+		for i, f := range free {
+			if len(f) >= 2 && (best < 0 || len(f) > len(free[best])) {
+				best = i
+			}
+		}
+		if best < 0 {
+			break
+		}
+		f := free[best]
+		w := window(f, p.fanIn)
+		wins = append(wins, w)
+		n -= len(w) - 1
+		i := slices.Index(f, w[0])
+		free = append(free[:best], append([][]*segMeta{f[:i], f[i+len(w):]}, free[best+1:]...)...)
+	}
+	return wins
+}
+
+// mergeWindows merges each window into one segment, at the same time. On
+// error it returns the edits whose outputs are complete (for removal).
+func (s *Store) mergeWindows(ctx context.Context, dv *dataVer, wins [][]*segMeta) ([]*edit, error) {
+	edits := make([]*edit, len(wins))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, w := range wins {
+		g.Go(func() error {
+			e, err := s.merge(gctx, dv, w)
+			edits[i] = e
+			return err
+		})
+	}
+	err := g.Wait()
+	return slices.DeleteFunc(edits, func(e *edit) bool { return e == nil }), err
 }
 
 // edit is the manifest change of a compaction.
@@ -325,6 +402,11 @@ func (s *Store) installEdit(dv *dataVer, e *edit) (bool, error) {
 
 // openSegSources opens full-range iterators over segments.
 func (s *Store) openSegSources(segs []*segMeta) ([]mergeSrc, []*cachedFile, error) {
+	return s.openSegSourcesFrom(segs, nil)
+}
+
+// openSegSourcesFrom opens iterators over segments from key lo (nil: all).
+func (s *Store) openSegSourcesFrom(segs []*segMeta, lo []byte) ([]mergeSrc, []*cachedFile, error) {
 	var srcs []mergeSrc
 	var held []*cachedFile
 	for _, sg := range segs {
@@ -336,7 +418,7 @@ func (s *Store) openSegSources(segs []*segMeta) ([]mergeSrc, []*cachedFile, erro
 			return nil, nil, err
 		}
 		held = append(held, cf)
-		srcs = append(srcs, &segSrc{it: newSegIter(cf.f, s.lay, nil, nil, readBatchRows)})
+		srcs = append(srcs, &segSrc{it: newSegIter(cf.f, s.lay, lo, nil, readBatchRows)})
 	}
 	return srcs, held, nil
 }
@@ -421,6 +503,8 @@ func (s *Store) merge(ctx context.Context, dv *dataVer, inputs []*segMeta) (_ *e
 // fold applies the oldest segments (all of dv's, at most fanIn) to the base
 // files: each (table, tenant) they touch gets a new base file merged from
 // its old base and their entries. Bases of truncated tables are removed.
+// The key space is cut at (table, tenant) boundaries into parts of about
+// equal size, folded at the same time.
 func (s *Store) fold(ctx context.Context, dv *dataVer, segs []*segMeta) (_ *edit, err error) {
 	e := &edit{kind: compactFold, inputs: segs, bases: make(map[string]*baseMeta)}
 	defer func() {
@@ -428,11 +512,112 @@ func (s *Store) fold(ctx context.Context, dv *dataVer, segs []*segMeta) (_ *edit
 			s.removeOutputs(e)
 		}
 	}()
-	var hi int64
-	for _, sg := range segs {
-		hi = max(hi, sg.MaxSeq)
+	cuts, err := s.foldCuts(dv, segs, s.opts.policy.parallel())
+	if err != nil {
+		return nil, err
 	}
-	srcs, held, err := s.openSegSources(segs)
+	parts := make([]*edit, len(cuts)+1)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range parts {
+		var lo, hi []byte
+		if i > 0 {
+			lo = cuts[i-1]
+		}
+		if i < len(cuts) {
+			hi = cuts[i]
+		}
+		g.Go(func() error {
+			p, err := s.foldRange(gctx, dv, segs, lo, hi)
+			parts[i] = p
+			return err
+		})
+	}
+	err = g.Wait()
+	for _, p := range parts {
+		if p != nil {
+			maps.Copy(e.bases, p.bases)
+			e.obsolete = append(e.obsolete, p.obsolete...)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	for k, b := range dv.bases {
+		if _, done := e.bases[k]; !done && !dv.baseAlive(b) {
+			e.bases[k] = nil
+			e.obsolete = append(e.obsolete, b.name())
+		}
+	}
+	return e, nil
+}
+
+// foldCuts returns up to parts-1 increasing (table, tenant) prefixes that
+// cut the segments' entries into parts of about equal rows, judged from the
+// first key and the row count of every row group. A (table, tenant) is
+// never cut: its keys all sort at or after its prefix, the previous
+// groups' before it.
+func (s *Store) foldCuts(dv *dataVer, segs []*segMeta, parts int) ([][]byte, error) {
+	if parts < 2 {
+		return nil, nil
+	}
+	type mark struct {
+		key  []byte
+		rows int64
+	}
+	var marks []mark
+	var total int64
+	for _, sg := range segs {
+		cf, err := s.files.acquire(sg.name())
+		if err != nil {
+			return nil, err
+		}
+		for _, rg := range cf.f.RowGroups() {
+			if k, ok := rowGroupMin(rg, s.lay.sk); ok && len(k) >= 4 {
+				marks = append(marks, mark{bytes.Clone(k), rg.NumRows()})
+				total += rg.NumRows()
+			}
+		}
+		s.files.release(cf)
+	}
+	slices.SortFunc(marks, func(a, b mark) int { return bytes.Compare(a.key, b.key) })
+	var cuts [][]byte
+	var sum int64
+	next := 1
+	for _, m := range marks {
+		if next >= parts {
+			break
+		}
+		if sum >= total*int64(next)/int64(parts) {
+			cut := m.key[:4]
+			if t := dv.tables[binary.BigEndian.Uint32(m.key)]; t != nil {
+				if tl := tenantLen(t.cur().tenantKind, m.key[4:]); tl >= 0 {
+					cut = m.key[:4+tl]
+				}
+			}
+			if len(cuts) == 0 || bytes.Compare(cut, cuts[len(cuts)-1]) > 0 {
+				cuts = append(cuts, cut)
+			}
+			next++
+		}
+		sum += m.rows
+	}
+	return cuts, nil
+}
+
+// foldRange folds the segments' entries with keys in [lo, hi) (nil: no
+// bound). On error it removes what it wrote and returns a nil edit.
+func (s *Store) foldRange(ctx context.Context, dv *dataVer, segs []*segMeta, lo, hi []byte) (_ *edit, err error) {
+	e := &edit{kind: compactFold, inputs: segs, bases: make(map[string]*baseMeta)}
+	defer func() {
+		if err != nil && !s.dead.Load() {
+			s.removeOutputs(e)
+		}
+	}()
+	var maxSeq int64
+	for _, sg := range segs {
+		maxSeq = max(maxSeq, sg.MaxSeq)
+	}
+	srcs, held, err := s.openSegSourcesFrom(segs, lo)
 	if err != nil {
 		return nil, err
 	}
@@ -440,7 +625,7 @@ func (s *Store) fold(ctx context.Context, dv *dataVer, segs []*segMeta) (_ *edit
 	var h mergeHeap
 	h.init(srcs)
 
-	f := &folder{s: s, dv: dv, e: e, hi: hi, maps: make(map[[2]int][]int)}
+	f := &folder{s: s, dv: dv, e: e, hi: maxSeq, maps: make(map[[2]int][]int)}
 	defer func() {
 		if err != nil {
 			f.abortGroup()
@@ -459,6 +644,9 @@ func (s *Store) fold(ctx context.Context, dv *dataVer, segs []*segMeta) (_ *edit
 			break
 		}
 		sk := win.key()
+		if hi != nil && bytes.Compare(sk, hi) >= 0 {
+			break
+		}
 		if id := binary.BigEndian.Uint32(sk); t == nil || id != tid {
 			tid, t = id, dv.tables[id]
 		}
@@ -489,12 +677,6 @@ func (s *Store) fold(ctx context.Context, dv *dataVer, segs []*segMeta) (_ *edit
 	}
 	if err := f.finishGroup(); err != nil {
 		return nil, err
-	}
-	for k, b := range dv.bases {
-		if _, done := e.bases[k]; !done && !dv.baseAlive(b) {
-			e.bases[k] = nil
-			e.obsolete = append(e.obsolete, b.name())
-		}
 	}
 	return e, nil
 }
