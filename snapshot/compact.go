@@ -28,17 +28,26 @@ type policy struct {
 	foldMaxAge   time.Duration
 	// manual: the background compactor does nothing (tests call Compact).
 	manual bool
-	// workers is how many merges, or parts of a fold, run at once
-	// (0: defaultCompactWorkers). Each holds its own input iterators and
-	// one output file's buffers, a few tens of MiB at most.
+	// workers is how many merges, or parts of a fold, run at once while
+	// staging has no base files, i.e. after an initial snapshot (0:
+	// defaultCompactWorkers). Each holds its own input iterators and one
+	// output file's buffers, a few tens of MiB at most.
 	workers int
 }
 
-// defaultCompactWorkers: two merges or fold parts at once. After an initial
-// snapshot the fold rewrites every row; one goroutine left a second core idle.
+// defaultCompactWorkers: two merges or fold parts at once while staging has
+// no base files. After an initial snapshot the merges and the fold rewrite
+// every row, and one goroutine left the second core idle (scale L: 353 s).
+// Once base files exist, compaction runs beside a busy replication stream
+// and keeps to one goroutine: two cost the apply of a large backlog a fifth
+// of its rate at scale L.
 const defaultCompactWorkers = 2
 
-func (p policy) parallel() int {
+// workersFor is how many merges or fold parts run at once on dv.
+func (p policy) workersFor(dv *dataVer) int {
+	if len(dv.bases) > 0 {
+		return 1
+	}
 	if p.workers > 0 {
 		return p.workers
 	}
@@ -173,7 +182,7 @@ func (s *Store) compactOnce(ctx context.Context, force bool) (bool, error) {
 	var edits []*edit
 	switch kind {
 	case compactMerge:
-		edits, err = s.mergeWindows(ctx, dv, s.opts.policy.mergeWindows(dv.segs, segs))
+		edits, err = s.mergeWindows(ctx, dv, s.opts.policy.mergeWindows(dv.segs, segs, s.opts.policy.workersFor(dv)))
 	case compactFold:
 		var e *edit
 		e, err = s.fold(ctx, dv, segs)
@@ -211,18 +220,18 @@ func (s *Store) compactOnce(ctx context.Context, force bool) (bool, error) {
 }
 
 // mergeWindows adds to first, the window pick chose, more windows of
-// adjacent segments to merge at the same time (up to the workers), while
+// adjacent segments to merge at the same time (up to workers), while
 // the segments left after merging them would still be more than fanIn.
 // Windows are disjoint runs of adjacent segments: merging each keeps the
 // segments' order, which lookups rely on (newest first).
-func (p policy) mergeWindows(segs, first []*segMeta) [][]*segMeta {
+func (p policy) mergeWindows(segs, first []*segMeta, workers int) [][]*segMeta {
 	wins := [][]*segMeta{first}
 	n := len(segs) - (len(first) - 1)
 	var free [][]*segMeta
 	if i := slices.Index(segs, first[0]); i >= 0 {
 		free = append(free, segs[:i], segs[i+len(first):])
 	}
-	for len(wins) < p.parallel() && n > p.fanIn {
+	for len(wins) < workers && n > p.fanIn {
 		// The longest stretch of segments outside the chosen windows.
 		best := -1
 		for i, f := range free {
@@ -512,7 +521,7 @@ func (s *Store) fold(ctx context.Context, dv *dataVer, segs []*segMeta) (_ *edit
 			s.removeOutputs(e)
 		}
 	}()
-	cuts, err := s.foldCuts(dv, segs, s.opts.policy.parallel())
+	cuts, err := s.foldCuts(dv, segs, s.opts.policy.workersFor(dv))
 	if err != nil {
 		return nil, err
 	}

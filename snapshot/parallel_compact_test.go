@@ -24,12 +24,12 @@ func TestMergeWindows(t *testing.T) {
 		{40, 2, 2},
 	} {
 		t.Run(fmt.Sprintf("n%d_w%d", tc.n, tc.workers), func(t *testing.T) {
-			p := policy{fanIn: 4, workers: tc.workers}
+			p := policy{fanIn: 4}
 			segs := make([]*segMeta, tc.n)
 			for i := range segs {
 				segs[i] = &segMeta{Num: uint64(i), Size: int64(1 + (i*7)%5)}
 			}
-			wins := p.mergeWindows(segs, window(segs, p.fanIn))
+			wins := p.mergeWindows(segs, window(segs, p.fanIn), tc.workers)
 			require.Len(t, wins, tc.want)
 			seen := map[uint64]bool{}
 			for _, w := range wins {
@@ -44,6 +44,17 @@ func TestMergeWindows(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCompactWorkers: several workers only while staging has no base
+// files (after an initial snapshot); beside base files, one.
+func TestCompactWorkers(t *testing.T) {
+	loaded := &dataVer{}
+	folded := &dataVer{bases: map[string]*baseMeta{"x": {Num: 1}}}
+	require.Equal(t, defaultCompactWorkers, policy{}.workersFor(loaded))
+	require.Equal(t, 3, policy{workers: 3}.workersFor(loaded))
+	require.Equal(t, 1, policy{}.workersFor(folded))
+	require.Equal(t, 1, policy{workers: 3}.workersFor(folded))
 }
 
 // TestParallelCompaction folds the same load with one worker and with
