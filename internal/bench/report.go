@@ -106,7 +106,8 @@ func figures(r *Results) []Figure {
 		}
 		fs = append(fs, f)
 	}
-	rss := func(name string, v int64, base string, bv int64, inProcess bool) {
+	const inBenchProcess = "in the bench process (VmHWM reset before the phase), not a separate exportd process"
+	rss := func(name string, v int64, base string, bv int64, note string) {
 		if v <= 0 {
 			return
 		}
@@ -114,19 +115,21 @@ func figures(r *Results) []Figure {
 		if base != "" && bv > 0 {
 			f.Baseline, f.BaseVal = base, mib(bv)
 		}
-		if inProcess {
-			f.Note = "in the bench process (VmHWM reset before the phase), not a separate exportd process"
-		}
+		f.Note = note
 		fs = append(fs, f)
 	}
-	rss("initial snapshot (exportd run)", s.PeakRSS, "", 0, false)
-	rss("fold into base files (Store.Compact)", s.CompactPeakRSS, "", 0, true)
-	rss("apply of the backlog (exportd run)", r.Apply.PeakRSS, "pg_recvlogical", r.Apply.RecvPeakRSS, false)
+	rss("initial snapshot (exportd run)", s.PeakRSS, "", 0, "")
+	foldNote := inBenchProcess
+	if s.CompactPeakHeap > 0 {
+		foldNote += fmt.Sprintf("; its Go heap peaked at %s MiB", fmtNum(mib(s.CompactPeakHeap)))
+	}
+	rss("fold into base files (Store.Compact)", s.CompactPeakRSS, "", 0, foldNote)
+	rss("apply of the backlog (exportd run)", r.Apply.PeakRSS, "pg_recvlogical", r.Apply.RecvPeakRSS, "")
 	for _, x := range r.Freshness {
-		rss(fmt.Sprintf("streaming at %s changes/s (exportd run)", fmtInt(int64(x.Rate))), x.PeakRSS, "", 0, false)
+		rss(fmt.Sprintf("streaming at %s changes/s (exportd run)", fmtInt(int64(x.Rate))), x.PeakRSS, "", 0, "")
 	}
 	for _, x := range r.Exports {
-		rss(fmt.Sprintf("export of the %s tenant (exportd export)", x.Label), x.ExportdPeakRSS, "", 0, false)
+		rss(fmt.Sprintf("export of the %s tenant (exportd export)", x.Label), x.ExportdPeakRSS, "", 0, "")
 	}
 	if st := r.Staging; st.DataBytes > 0 {
 		fs = append(fs, Figure{Group: "Size", Name: fmt.Sprintf("staging data files (%d base files; whole directory %s)", st.BaseFiles, fmtBytes(st.DirBytes)),
@@ -271,7 +274,7 @@ func markdown(b *strings.Builder, r *Results, plots []plotFile, rel func(string)
 	p("- **Export**: `exportd export` (its own process) of the ten CSVs of a tenant from the stopped daemon's staging, zipped at deflate level 1 and written to a filesystem publish store, with the built-in spec less its attachments section (no file store is read on either side). ")
 	p("The baseline runs `COPY (SELECT <columns> FROM <table> WHERE tenant_id = <t>) TO STDOUT WITH (FORMAT csv, HEADER)` for each of the ten files on production and streams them into a zip with the same compressor at the same level. ")
 	p("Rows read from production are the change in `pg_stat_user_tables` `seq_tup_read + idx_tup_fetch` over each (after `pg_stat_force_next_flush()` in the querying session and `pg_stat_clear_snapshot()` in the reading one).\n")
-	p("- **CSV render**: `pipeline.RenderCSV` of the largest tenant's ten files from a pinned staging version into files (in the bench process), beside DuckDB (its own process, `internal/bench/duckdbcsv`, through github.com/duckdb/duckdb-go/v2) running `COPY (SELECT <columns> FROM read_parquet(<base file>)) TO <file> (FORMAT csv, HEADER)` on the same Parquet base files. exportd also applies spreadsheet formula protection.\n")
+	p("- **CSV render**: `pipeline.RenderCSV` of the largest tenant's ten files from a pinned staging version into files (in the bench process), beside DuckDB (its own process, `internal/bench/duckdbcsv`, through github.com/duckdb/duckdb-go/v2) running `COPY (SELECT <columns> FROM read_parquet(<base file>)) TO <file> (FORMAT csv, HEADER)` on the same Parquet base files. exportd also applies spreadsheet formula protection. Both start alike: pending writes flushed (sync), the tenant's base files read once into the page cache, exportd's output removed before DuckDB runs.\n")
 	p("- **Peak RSS**: VmHWM of each exportd process, read from /proc (sampled every 20 ms for `exportd export`; read before stopping `exportd run`, with the high-water mark reset between the freshness rates); the fold runs in the bench process, whose high-water mark is reset before it.\n\n")
 
 	p("## Notes\n\n")
