@@ -13,7 +13,6 @@ import (
 	"os"
 	"sync/atomic"
 
-	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zip"
 	"golang.org/x/sync/errgroup"
 
@@ -92,12 +91,10 @@ func publishStream(ctx context.Context, out Putter, key string, fill func(w io.W
 }
 
 // newZip returns a zip writer whose Deflate entries use klauspost/compress at
-// level.
+// level, on several goroutines (parallelDeflate).
 func newZip(w io.Writer, level int) *zip.Writer {
 	zw := zip.NewWriter(w)
-	zw.RegisterCompressor(zip.Deflate, func(out io.Writer) (io.WriteCloser, error) {
-		return flate.NewWriter(out, level)
-	})
+	zw.RegisterCompressor(zip.Deflate, newDeflatePools(level).newWriter)
 	return zw
 }
 

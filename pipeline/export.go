@@ -281,7 +281,8 @@ func (e *Exporter) dataBundle(ctx context.Context, v *snapshot.Version, plan *Pl
 			if err != nil {
 				return fmt.Errorf("zip %s: %w", f.Name, err)
 			}
-			// Render on this goroutine, deflate on another.
+			// Render on this goroutine; zip's CRC on another, which hands
+			// blocks to the deflating goroutines (parallelDeflate).
 			aw := newAsyncWriter(fw)
 			n, err := RenderCSV(ctx, aw, v, f, tenant, plan.BOM)
 			if cerr := aw.Close(); err == nil && cerr != nil {
