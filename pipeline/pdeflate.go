@@ -18,20 +18,17 @@ import (
 // large tenant otherwise deflates on one core while the other renders: the
 // deflate set the pace of the export.
 //
-// Memory: at most inFlight blocks of input and their output.
+// The caller's goroutine writes the blocks' outputs in order; the
+// compressing goroutines end with their block, so an entry abandoned
+// without Close (an export that failed) leaves nothing running. Memory: at
+// most deflateInFlight blocks of input and their output.
 type parallelDeflate struct {
 	out   io.Writer
-	level int
-	pool  *sync.Pool // *flate.Writer
-	bufs  *sync.Pool // *[]byte, blockSize capacity
+	pools *deflatePools
 
 	buf     []byte
-	queue   chan *deflateJob // in input order, to the writing goroutine
-	slots   chan struct{}    // bounds the blocks in flight
-	done    chan struct{}    // the writing goroutine has ended
-	werr    error            // the first error, set by the writing goroutine before done
-	errOnce sync.Once
-	failed  chan struct{} // closed at the first error
+	pending []*deflateJob // in input order
+	err     error         // the first error; nothing is written after it
 	closed  bool
 }
 
@@ -46,15 +43,15 @@ type deflateJob struct {
 const (
 	deflateBlockSize = 1 << 20
 	// deflateInFlight bounds the blocks being compressed or waiting to be
-	// written: enough for two cores with one block to spare.
+	// written: enough for two cores with blocks to spare.
 	deflateInFlight = 4
 )
 
 // deflatePools are shared by the entries of one zip writer.
 type deflatePools struct {
 	level int
-	flate sync.Pool
-	bufs  sync.Pool
+	flate sync.Pool // *flate.Writer
+	bufs  sync.Pool // *[]byte of deflateBlockSize capacity
 }
 
 func newDeflatePools(level int) *deflatePools {
@@ -70,54 +67,20 @@ func (p *deflatePools) newWriter(out io.Writer) (io.WriteCloser, error) {
 	if p.level < flate.HuffmanOnly || p.level > flate.BestCompression {
 		return nil, fmt.Errorf("deflate: invalid compression level %d", p.level)
 	}
-	d := &parallelDeflate{
-		out:    out,
-		level:  p.level,
-		pool:   &p.flate,
-		bufs:   &p.bufs,
-		queue:  make(chan *deflateJob, deflateInFlight),
-		slots:  make(chan struct{}, deflateInFlight),
-		done:   make(chan struct{}),
-		failed: make(chan struct{}),
-	}
-	go d.writeOut()
-	return d, nil
-}
-
-func (d *parallelDeflate) fail(err error) {
-	d.errOnce.Do(func() {
-		d.werr = err
-		close(d.failed)
-	})
-}
-
-// writeOut writes the jobs' outputs in input order.
-func (d *parallelDeflate) writeOut() {
-	defer close(d.done)
-	var failed bool
-	for j := range d.queue {
-		<-j.ready
-		if failed {
-			// Nothing more is written after an error: drain.
-		} else if j.err != nil {
-			failed = true
-			d.fail(j.err)
-		} else if _, err := d.out.Write(j.out.Bytes()); err != nil {
-			failed = true
-			d.fail(err)
-		}
-		<-d.slots
-	}
+	return &parallelDeflate{out: out, pools: p}, nil
 }
 
 func (d *parallelDeflate) Write(p []byte) (int, error) {
 	if d.closed {
 		return 0, errors.New("deflate: write after close")
 	}
+	if d.err != nil {
+		return 0, d.err
+	}
 	n := len(p)
 	for len(p) > 0 {
 		if d.buf == nil {
-			d.buf = (*d.bufs.Get().(*[]byte))[:0]
+			d.buf = (*d.pools.bufs.Get().(*[]byte))[:0]
 		}
 		k := copy(d.buf[len(d.buf):cap(d.buf)], p)
 		d.buf = d.buf[:len(d.buf)+k]
@@ -131,33 +94,61 @@ func (d *parallelDeflate) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// submit hands the current block to a compressing goroutine.
+// submit hands the current block to a compressing goroutine, first writing
+// the blocks already compressed (and, if deflateInFlight are pending,
+// waiting for the oldest).
 func (d *parallelDeflate) submit(final bool) error {
-	select {
-	case d.slots <- struct{}{}:
-	case <-d.failed:
-		return d.werr
+	for len(d.pending) >= deflateInFlight || (len(d.pending) > 0 && isDone(d.pending[0].ready)) {
+		if err := d.writeOldest(); err != nil {
+			return err
+		}
 	}
 	in := d.buf
 	d.buf = nil
 	j := &deflateJob{in: &in, final: final, ready: make(chan struct{})}
-	d.queue <- j // never blocks: the queue holds as many jobs as there are slots
+	d.pending = append(d.pending, j)
 	go d.compress(j)
 	return nil
 }
 
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// writeOldest waits for the oldest pending block and writes its output.
+func (d *parallelDeflate) writeOldest() error {
+	j := d.pending[0]
+	d.pending = d.pending[1:]
+	<-j.ready
+	if d.err == nil {
+		if j.err != nil {
+			d.err = fmt.Errorf("deflate: %w", j.err)
+		} else if _, err := d.out.Write(j.out.Bytes()); err != nil {
+			d.err = err
+		}
+	}
+	return d.err
+}
+
 func (d *parallelDeflate) compress(j *deflateJob) {
 	defer close(j.ready)
-	fw, _ := d.pool.Get().(*flate.Writer)
+	defer d.pools.bufs.Put(j.in)
+	fw, _ := d.pools.flate.Get().(*flate.Writer)
 	if fw == nil {
 		var err error
-		if fw, err = flate.NewWriter(&j.out, d.level); err != nil {
+		if fw, err = flate.NewWriter(&j.out, d.pools.level); err != nil {
 			j.err = err
 			return
 		}
 	} else {
 		fw.Reset(&j.out)
 	}
+	defer d.pools.flate.Put(fw)
 	j.out.Grow(len(*j.in)/2 + 64)
 	_, err := fw.Write(*j.in)
 	if err == nil {
@@ -168,25 +159,25 @@ func (d *parallelDeflate) compress(j *deflateJob) {
 		}
 	}
 	j.err = err
-	d.bufs.Put(j.in)
-	d.pool.Put(fw)
 }
 
-// Close compresses what is buffered, ends the stream and waits until all of
-// it is written; it returns the first error.
+// Close compresses what is buffered, ends the stream and writes all of it;
+// it returns the first error.
 func (d *parallelDeflate) Close() error {
 	if d.closed {
-		return nil
+		return d.err
 	}
 	d.closed = true
-	if d.buf == nil {
-		d.buf = (*d.bufs.Get().(*[]byte))[:0]
+	if d.err == nil {
+		if d.buf == nil {
+			d.buf = (*d.pools.bufs.Get().(*[]byte))[:0]
+		}
+		if err := d.submit(true); err != nil {
+			return err
+		}
 	}
-	err := d.submit(true)
-	close(d.queue)
-	<-d.done
-	if err != nil {
-		return err
+	for len(d.pending) > 0 {
+		_ = d.writeOldest() // d.err keeps the first error
 	}
-	return d.werr
+	return d.err
 }

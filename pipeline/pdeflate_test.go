@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"testing"
+	"time"
 
 	kflate "github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zip"
@@ -168,4 +170,19 @@ func BenchmarkDeflate(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestParallelDeflateAbandoned: an entry left without Close (its export
+// failed) leaves no goroutine behind.
+func TestParallelDeflateAbandoned(t *testing.T) {
+	before := runtime.NumGoroutine()
+	w, err := newDeflatePools(1).newWriter(io.Discard)
+	require.NoError(t, err)
+	_, err = w.Write(csvLike(rand.New(rand.NewPCG(9, 10)), 3*deflateBlockSize+5))
+	require.NoError(t, err)
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.LessOrEqual(t, runtime.NumGoroutine(), before, "goroutines left by an abandoned writer")
 }
