@@ -182,7 +182,7 @@ func (s *Store) compactOnce(ctx context.Context, force bool) (bool, error) {
 	var edits []*edit
 	switch kind {
 	case compactMerge:
-		edits, err = s.mergeWindows(ctx, dv, s.opts.policy.mergeWindows(dv.segs, segs, s.opts.policy.workersFor(dv)))
+		edits, err = s.mergeWindows(ctx, dv, s.opts.policy.concurrentWindows(dv.segs, segs, s.opts.policy.workersFor(dv)))
 	case compactFold:
 		var e *edit
 		e, err = s.fold(ctx, dv, segs)
@@ -219,12 +219,12 @@ func (s *Store) compactOnce(ctx context.Context, force bool) (bool, error) {
 	return did, nil
 }
 
-// mergeWindows adds to first, the window pick chose, more windows of
+// concurrentWindows adds to first, the window pick chose, more windows of
 // adjacent segments to merge at the same time (up to workers), while
 // the segments left after merging them would still be more than fanIn.
 // Windows are disjoint runs of adjacent segments: merging each keeps the
 // segments' order, which lookups rely on (newest first).
-func (p policy) mergeWindows(segs, first []*segMeta, workers int) [][]*segMeta {
+func (p policy) concurrentWindows(segs, first []*segMeta, workers int) [][]*segMeta {
 	wins := [][]*segMeta{first}
 	n := len(segs) - (len(first) - 1)
 	var free [][]*segMeta

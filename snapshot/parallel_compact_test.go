@@ -29,7 +29,7 @@ func TestMergeWindows(t *testing.T) {
 			for i := range segs {
 				segs[i] = &segMeta{Num: uint64(i), Size: int64(1 + (i*7)%5)}
 			}
-			wins := p.mergeWindows(segs, window(segs, p.fanIn), tc.workers)
+			wins := p.concurrentWindows(segs, window(segs, p.fanIn), tc.workers)
 			require.Len(t, wins, tc.want)
 			seen := map[uint64]bool{}
 			for _, w := range wins {

@@ -122,7 +122,7 @@ type Phase struct {
 }
 
 // profileStep is how much the heap must grow past the last profile before
-// HeapProfileAtPeak writes another.
+// StartPhaseProfiled writes another.
 const profileStep = 16 << 20
 
 // Usage is what a Phase measured.
