@@ -51,6 +51,9 @@ type ExportConfig struct {
 	// CompressionLevel is the deflate level of CSVs and compressible files
 	// (default 1: fastest; 1-9).
 	CompressionLevel int
+	// PrerenderDir is a Prerenderer's directory, whose entries are copied
+	// into exports where they match ("": every CSV is rendered).
+	PrerenderDir string
 }
 
 // Exporter renders a tenant's Full Data Export from a pinned snapshot
@@ -277,6 +280,14 @@ func (e *Exporter) dataBundle(ctx context.Context, v *snapshot.Version, plan *Pl
 	res, err := publishStream(ctx, e.out, key, func(w io.Writer) error {
 		zw := newZip(w, e.cfg.CompressionLevel)
 		for _, f := range plan.Files {
+			n, ok, err := e.copyPrerendered(ctx, zw, v, plan, f, tenant, at)
+			if err != nil {
+				return err
+			}
+			if ok {
+				rows[f.Name] = n
+				continue
+			}
 			fw, err := zw.CreateHeader(&zip.FileHeader{Name: f.Name, Method: zip.Deflate, Modified: at})
 			if err != nil {
 				return fmt.Errorf("zip %s: %w", f.Name, err)
@@ -284,7 +295,7 @@ func (e *Exporter) dataBundle(ctx context.Context, v *snapshot.Version, plan *Pl
 			// Render on this goroutine; zip's CRC on another, which hands
 			// blocks to the deflating goroutines (parallelDeflate).
 			aw := newAsyncWriter(fw)
-			n, err := RenderCSV(ctx, aw, v, f, tenant, plan.BOM)
+			n, err = RenderCSV(ctx, aw, v, f, tenant, plan.BOM)
 			if cerr := aw.Close(); err == nil && cerr != nil {
 				err = fmt.Errorf("zip %s: %w", f.Name, cerr)
 			}

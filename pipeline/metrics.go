@@ -12,6 +12,7 @@ type ExportMetrics struct {
 	phase     *prometheus.HistogramVec
 	published *prometheus.CounterVec
 	rows      prometheus.Counter
+	prerows   prometheus.Counter
 	missing   *prometheus.CounterVec
 }
 
@@ -31,6 +32,10 @@ func NewExportMetrics(reg prometheus.Registerer) *ExportMetrics {
 		rows: f.NewCounter(prometheus.CounterOpts{
 			Name: "exportd_export_rows_rendered_total",
 			Help: "CSV rows rendered into exports.",
+		}),
+		prerows: f.NewCounter(prometheus.CounterOpts{
+			Name: "exportd_export_rows_prerendered_total",
+			Help: "CSV rows copied into exports from prerendered entries instead of rendered.",
 		}),
 		missing: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "exportd_export_missing_files_total",
@@ -58,6 +63,12 @@ func (e *exportMetrics) published(part string, n int64) {
 func (e *exportMetrics) rendered(n int64) {
 	if e.m != nil {
 		e.m.rows.Add(float64(n))
+	}
+}
+
+func (e *exportMetrics) prerendered(n int64) {
+	if e.m != nil {
+		e.m.prerows.Add(float64(n))
 	}
 }
 

@@ -30,6 +30,9 @@ type stateMeta struct {
 	Slot         string `json:"slot"`
 	// Epoch counts committed Loads; compaction results of an older epoch are dropped.
 	Epoch uint64 `json:"epoch"`
+	// ID is chosen at random when the store is created: file names are
+	// unique within a store only.
+	ID string `json:"id,omitempty"`
 }
 
 // colMeta is one column of one schema generation. A column is identified by

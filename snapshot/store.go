@@ -2,7 +2,9 @@ package snapshot
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +40,7 @@ var errSimulatedCrash = errors.New("simulated crash")
 // Store is the staging store of one state directory. Its methods are safe
 // for concurrent use; at most one Batch or Load is open at a time.
 type Store struct {
+	id    string // stateMeta.ID
 	dir   string
 	opts  Options
 	log   *slog.Logger
@@ -375,6 +378,18 @@ func (s *Store) recover() error {
 	s.lastPersist = time.Now()
 	s.snapshotDone, s.slot = st.SnapshotDone, st.Slot
 	s.nextSeq, s.nextTable = st.NextSeq, st.NextTable
+	s.id = st.ID
+	if s.id == "" {
+		var b [12]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("choose store id: %w", err)
+		}
+		s.id = hex.EncodeToString(b[:])
+		st.ID = s.id
+		if err := s.db.Set([]byte(keyState), mustJSON(st), pebble.Sync); err != nil {
+			return fmt.Errorf("persist store id: %w", err)
+		}
+	}
 	s.updateGauges()
 	return nil
 }
@@ -594,6 +609,7 @@ func (s *Store) stateLocked() stateMeta {
 		SnapshotDone: s.snapshotDone,
 		Slot:         s.slot,
 		Epoch:        s.cur.epoch,
+		ID:           s.id,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
@@ -35,6 +36,7 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	publicURL := fs.String("public-url", "http://127.0.0.1:8080", "base URL of the daemon that serves the download links")
 	secretFile := fs.String("link-secret-file", "", "file holding the link signing secret (or env EXPORTD_PUBLISH_LINK_SECRET)")
 	level := fs.Int("compression-level", 1, "deflate level, 1-9")
+	prerenderDir := fs.String("prerender-dir", "", "the daemon's prerendered CSVs, copied where they match (default <state_dir>/prerender if it exists; \"off\": render every CSV)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file")
 	memProfile := fs.String("memprofile", "", "write an allocation profile to this file at the end")
 	memLimit := fs.Int64("memory-limit", 192<<20, "soft memory limit in bytes (runtime/debug.SetMemoryLimit); ignored when GOMEMLIMIT is set")
@@ -116,8 +118,16 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer v.Close()
+	switch *prerenderDir {
+	case "off":
+		*prerenderDir = ""
+	case "":
+		if d := filepath.Join(filepath.Dir(filepath.Clean(*stagingDir)), pipeline.PrerenderDir); isDir(d) {
+			*prerenderDir = d
+		}
+	}
 	ex := pipeline.NewExporter(spec, files, &storage.FSLinker{FS: out, Signer: signer},
-		pipeline.ExportConfig{CompressionLevel: *level}, logger, nil)
+		pipeline.ExportConfig{CompressionLevel: *level, PrerenderDir: *prerenderDir}, logger, nil)
 	m, err := ex.Export(ctx, v, *tenant, *requestID)
 	if err != nil {
 		return err
@@ -128,6 +138,11 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(m)
+}
+
+func isDir(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
 }
 
 // peakRSS reads the process's peak resident set size (VmHWM) from /proc:

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/exportd/exportd/pipeline"
 )
 
 // Targets of the benchmark issue.
@@ -41,6 +43,11 @@ func figures(r *Results) []Figure {
 			fs = append(fs, f)
 		}
 		fs = append(fs, Figure{Group: "Initial snapshot", Name: "fold into base files after the snapshot (Store.Compact)", Value: s.CompactSeconds, Unit: "s"})
+		if pr := s.Prerender; pr.Seconds > 0 {
+			fs = append(fs, Figure{Group: "Initial snapshot", Name: "prerender of large tables' CSVs after the fold (pipeline.Prerenderer)", Value: pr.Seconds, Unit: "s",
+				Note: fmt.Sprintf("%s entries (tenants' tables of at least %s rows), %s rows, %s MB of deflated CSV",
+					fmtInt(int64(pr.Entries)), fmtInt(pipeline.DefaultPrerenderMinRows), fmtInt(pr.Rows), fmtNum(float64(pr.Bytes)/1e6))})
+		}
 	}
 	if a := r.Apply; a.Exportd.Seconds > 0 {
 		f := Figure{Group: "Apply", Name: fmt.Sprintf("backlog of %s row changes drained", fmtInt(a.Changes)), Value: a.Exportd.RowsPerSec(), Unit: "changes/s",
@@ -124,6 +131,7 @@ func figures(r *Results) []Figure {
 		foldNote += fmt.Sprintf("; its Go heap peaked at %s MiB", fmtNum(mib(s.CompactPeakHeap)))
 	}
 	rss("fold into base files (Store.Compact)", s.CompactPeakRSS, "", 0, foldNote)
+	rss("prerender after the fold (pipeline.Prerenderer)", s.Prerender.PeakRSS, "", 0, inBenchProcess)
 	rss("apply of the backlog (exportd run)", r.Apply.PeakRSS, "pg_recvlogical", r.Apply.RecvPeakRSS, "")
 	for _, x := range r.Freshness {
 		rss(fmt.Sprintf("streaming at %s changes/s (exportd run)", fmtInt(int64(x.Rate))), x.PeakRSS, "", 0, "")
@@ -266,7 +274,7 @@ func markdown(b *strings.Builder, r *Results, plots []plotFile, rel func(string)
 	p("## How each figure is measured\n\n")
 	p("- **Initial snapshot**: `exportd run` (the binary, production defaults: 2 copy workers) on an empty state directory, from process start until `/api/status` (polled every 20 ms) shows the snapshot committed: durable and visible in staging. ")
 	p("The baselines are `COPY <table> TO STDOUT` of the same 12 tables, output discarded, on one connection and on two (tables handed out largest first), after a warm-up pass; rows and MB are COPY's text. ")
-	p("Then `Store.Compact` folds the load into base files (timed, in the bench process), as the daemon's compactor does in the background, so the exports read what a running daemon has.\n")
+	p("Then `Store.Compact` folds the load into base files (timed, in the bench process), as the daemon's compactor does in the background, so the exports read what a running daemon has. Then one pass of the daemon's prerenderer (timed, in the bench process) writes the deflated CSV of every tenant's table of at least %s rows, which the daemon does in the background once a base file has settled; exports copy those where no change is waiting in a segment.\n", fmtInt(pipeline.DefaultPrerenderMinRows))
 	p("- **Apply**: with exportd stopped, pg_recvlogical creates its own pgoutput slot and a backlog is written (a random workload, updates in 5,000-row transactions, and large transactions that exportd spills to disk). ")
 	p("The changes pgoutput sends for it are counted by peeking the baseline slot. pg_recvlogical drains its slot to the backlog's end into /dev/null; then `exportd run` starts and drains its own slot until staging has applied the end. Both times include process start.\n")
 	p("- **Freshness**: `exportd run` streams while pgbench (%d clients, `-R` rate, `synchronous_commit=on` as on a production server) inserts single rows stamped with `clock_timestamp()` into tasks and audit_logs, one row change per transaction. ", pgbenchClients)

@@ -101,6 +101,18 @@ type SnapshotResult struct {
 	// CompactPeakHeap is the fold's peak Go heap (sampled), beside its RSS.
 	CompactPeakHeap int64 `json:"compact_peak_heap,omitempty"`
 	SnapshotRows    int64 `json:"snapshot_rows"` // exportd_snapshot_rows_total
+	// Prerender is the pass of pipeline.Prerenderer after the fold: the
+	// daemon's background worker writing the CSV entries of large base files.
+	Prerender PrerenderResult `json:"prerender"`
+}
+
+// PrerenderResult is one prerender pass over the folded staging.
+type PrerenderResult struct {
+	Seconds float64 `json:"seconds"`
+	PeakRSS int64   `json:"peak_rss"`
+	Entries int     `json:"entries"`
+	Rows    int64   `json:"rows"`
+	Bytes   int64   `json:"bytes"`
 }
 
 // ExportResult is one tenant's export beside the production queries.

@@ -104,6 +104,9 @@ type Export struct {
 	CompressionLevel int `yaml:"compression_level"`
 	// Concurrency is how many exports render at once.
 	Concurrency int `yaml:"concurrency"`
+	// PrerenderMinRows: a tenant's table with at least this many rows in
+	// its base file keeps a prerendered CSV (pipeline.Prerenderer); 0: none.
+	PrerenderMinRows int64 `yaml:"prerender_min_rows"`
 	// Prefix is the key prefix of published exports.
 	Prefix string `yaml:"prefix"`
 }
@@ -242,6 +245,7 @@ func Default() *Config {
 			LinkTTL:          storage.DefaultLinkTTL,
 			CompressionLevel: 1,
 			Concurrency:      2,
+			PrerenderMinRows: 100_000,
 			Prefix:           "exports",
 		},
 		Files:   Store{S3: s3},

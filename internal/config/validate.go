@@ -212,6 +212,7 @@ func (v *validator) export() {
 		v.errorf("export.compression_level", "%d is not a level from 1 (fastest) to 9 (smallest)", e.CompressionLevel)
 	}
 	v.atLeast("export.concurrency", int64(e.Concurrency), 1)
+	v.atLeast("export.prerender_min_rows", e.PrerenderMinRows, 0)
 	if v.required("export.prefix", e.Prefix) {
 		if err := storage.ValidateKey(strings.Trim(e.Prefix, "/")); err != nil {
 			v.errorf("export.prefix", "%v", err)

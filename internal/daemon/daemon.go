@@ -34,18 +34,19 @@ const (
 
 // Daemon is a configured exportd, ready to run.
 type Daemon struct {
-	cfg      *config.Config
-	logger   *slog.Logger
-	reg      *prometheus.Registry
-	staging  *snapshot.Store
-	repl     *cdc.Replicator
-	requests *pipeline.RequestStore
-	fencer   *cdc.Fencer
-	svc      *pipeline.Service // nil without Kafka
-	exporter *pipeline.Exporter
-	ln       net.Listener
-	srv      *http.Server
-	closers  []io.Closer
+	cfg       *config.Config
+	logger    *slog.Logger
+	reg       *prometheus.Registry
+	staging   *snapshot.Store
+	repl      *cdc.Replicator
+	requests  *pipeline.RequestStore
+	fencer    *cdc.Fencer
+	svc       *pipeline.Service // nil without Kafka
+	exporter  *pipeline.Exporter
+	prerender *pipeline.Prerenderer // nil: off
+	ln        net.Listener
+	srv       *http.Server
+	closers   []io.Closer
 }
 
 // New opens what cfg describes and checks the database setup. Close it if
@@ -106,8 +107,20 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Daemo
 	if err != nil {
 		return nil, err
 	}
+	var prerenderDir string
+	if n := cfg.Export.PrerenderMinRows; n > 0 {
+		prerenderDir = filepath.Join(cfg.StateDir, pipeline.PrerenderDir)
+		d.prerender, err = pipeline.NewPrerenderer(spec, pipeline.PrerenderConfig{Dir: prerenderDir, MinRows: n,
+			CompressionLevel: cfg.Export.CompressionLevel}, logger, pipeline.NewPrerenderMetrics(d.reg))
+		if err != nil {
+			return nil, err
+		}
+	} else if err := os.RemoveAll(filepath.Join(cfg.StateDir, pipeline.PrerenderDir)); err != nil {
+		return nil, fmt.Errorf("remove prerendered CSVs: %w", err) // turned off: they would go stale
+	}
 	exporter := pipeline.NewExporter(spec, files, pub, pipeline.ExportConfig{
 		Prefix: cfg.Export.Prefix, LinkTTL: cfg.Export.LinkTTL, CompressionLevel: cfg.Export.CompressionLevel,
+		PrerenderDir: prerenderDir,
 	}, logger, pipeline.NewExportMetrics(d.reg))
 	d.exporter = exporter
 	d.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -227,6 +240,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		}
 		return nil
 	})
+	if d.prerender != nil {
+		g.Go(func() error { return d.prerender.Run(work, d.staging) })
+	}
 	if d.svc != nil {
 		g.Go(func() error {
 			err := d.svc.Run(work)
