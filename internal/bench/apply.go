@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -73,7 +74,14 @@ func (r *runner) apply(ctx context.Context) error {
 	}
 	slotDropped = true
 
-	d, err := startDaemon(ctx, r.bin, r.stateDir, e.url, filepath.Join(r.dir, "exportd-apply.log"))
+	var args []string
+	if r.profileDir != "" {
+		if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
+			return err
+		}
+		args = append(args, "-cpuprofile", filepath.Join(r.profileDir, "apply-cpu.pprof"))
+	}
+	d, err := startDaemon(ctx, r.bin, r.stateDir, e.url, filepath.Join(r.dir, "exportd-apply.log"), args...)
 	if err != nil {
 		return err
 	}

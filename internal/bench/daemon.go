@@ -67,8 +67,8 @@ func (s daemonStatus) applied() pglogrepl.LSN {
 }
 
 // startDaemon starts `exportd run` on stateDir, replicating from pgURL,
-// logging to logPath.
-func startDaemon(ctx context.Context, bin, stateDir, pgURL, logPath string) (*runProc, error) {
+// logging to logPath; args are more flags of run.
+func startDaemon(ctx context.Context, bin, stateDir, pgURL, logPath string, args ...string) (*runProc, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -77,7 +77,7 @@ func startDaemon(ctx context.Context, bin, stateDir, pgURL, logPath string) (*ru
 	if err != nil {
 		return nil, fmt.Errorf("daemon log: %w", err)
 	}
-	cmd := exec.Command(bin, "run")
+	cmd := exec.Command(bin, append([]string{"run"}, args...)...)
 	cmd.Env = append(environWithout("EXPORTD_"),
 		"EXPORTD_STATE_DIR="+stateDir,
 		"EXPORTD_LOG_LEVEL=info",
