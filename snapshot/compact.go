@@ -259,6 +259,7 @@ func (s *Store) mergeWindows(ctx context.Context, dv *dataVer, wins [][]*segMeta
 	g, gctx := errgroup.WithContext(ctx)
 	for i, w := range wins {
 		g.Go(func() error {
+			defer lowerPriority()()
 			e, err := s.merge(gctx, dv, w)
 			edits[i] = e
 			return err
@@ -536,6 +537,7 @@ func (s *Store) fold(ctx context.Context, dv *dataVer, segs []*segMeta) (_ *edit
 			hi = cuts[i]
 		}
 		g.Go(func() error {
+			defer lowerPriority()()
 			p, err := s.foldRange(gctx, dv, segs, lo, hi)
 			parts[i] = p
 			return err
