@@ -46,7 +46,7 @@ func run(ctx context.Context, args []string) error {
 	exportd := fs.String("exportd", "", "exportd binary to measure (default: build ./cmd/exportd)")
 	duckDB := fs.Bool("duckdb", true, "run the DuckDB baseline of the CSV render phase (builds internal/bench/duckdbcsv with cgo)")
 	phases := fs.String("phases", "", "comma-separated phases to run (default all: snapshot,export,render,apply,freshness)")
-	profile := fs.String("profile", "", "directory for pprof profiles of the fold into base files (fold-cpu.pprof, fold-heap.pprof near the heap's peak) and of exportd run in the apply phase (apply-cpu.pprof)")
+	profile := fs.String("profile", "", "directory for pprof profiles of the fold into base files (fold-cpu.pprof, fold-heap.pprof near the heap's peak) and of exportd run in the snapshot and apply phases (snapshot-cpu.pprof, apply-cpu.pprof)")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -74,12 +73,9 @@ func (r *runner) apply(ctx context.Context) error {
 	}
 	slotDropped = true
 
-	var args []string
-	if r.profileDir != "" {
-		if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
-			return err
-		}
-		args = append(args, "-cpuprofile", filepath.Join(r.profileDir, "apply-cpu.pprof"))
+	args, err := r.runProfileArgs("apply")
+	if err != nil {
+		return err
 	}
 	d, err := startDaemon(ctx, r.bin, r.stateDir, e.url, filepath.Join(r.dir, "exportd-apply.log"), args...)
 	if err != nil {

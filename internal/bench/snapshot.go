@@ -43,7 +43,11 @@ func (r *runner) snapshot(ctx context.Context) error {
 	}
 
 	r.stateDir = filepath.Join(r.dir, "state")
-	d, err := startDaemon(ctx, r.bin, r.stateDir, e.url, filepath.Join(r.dir, "exportd-snapshot.log"))
+	args, err := r.runProfileArgs("snapshot")
+	if err != nil {
+		return err
+	}
+	d, err := startDaemon(ctx, r.bin, r.stateDir, e.url, filepath.Join(r.dir, "exportd-snapshot.log"), args...)
 	if err != nil {
 		return err
 	}
@@ -140,6 +144,18 @@ func (r *runner) prerender(ctx context.Context, store *snapshot.Store) error {
 	r.log.InfoContext(ctx, "prerendered", "seconds", s.Prerender.Seconds, "entries", st.Entries, "rows", st.Rows,
 		"MB", float64(st.Bytes)/1e6, "peak_rss_MiB", mib(u.PeakRSS))
 	return nil
+}
+
+// runProfileArgs are the flags of exportd run that profile its CPU into
+// <profile dir>/<phase>-cpu.pprof (none without -profile).
+func (r *runner) runProfileArgs(phase string) ([]string, error) {
+	if r.profileDir == "" {
+		return nil, nil
+	}
+	if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
+		return nil, fmt.Errorf("profile dir: %w", err)
+	}
+	return []string{"-cpuprofile", filepath.Join(r.profileDir, phase+"-cpu.pprof")}, nil
 }
 
 // startCPUProfile profiles this process's CPU into path until stop.
