@@ -16,6 +16,7 @@ import (
 	"github.com/klauspost/compress/zip"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/exportd/exportd/internal/lowprio"
 	"github.com/exportd/exportd/internal/pgcsv"
 )
 
@@ -188,13 +189,18 @@ const (
 	asyncBuffers = 4
 )
 
-func newAsyncWriter(w io.Writer) *asyncWriter {
+// newAsyncWriter returns an asyncWriter to w; background: its goroutine
+// runs at a lowered CPU priority (lowprio).
+func newAsyncWriter(w io.Writer, background bool) *asyncWriter {
 	a := &asyncWriter{full: make(chan []byte, asyncBuffers), free: make(chan []byte, asyncBuffers), done: make(chan error, 1)}
 	for range asyncBuffers - 1 {
 		a.free <- make([]byte, 0, asyncBufSize)
 	}
 	a.buf = make([]byte, 0, asyncBufSize)
 	go func() {
+		if background {
+			defer lowprio.Lower()()
+		}
 		var err error
 		for b := range a.full {
 			if err == nil {

@@ -294,7 +294,7 @@ func (e *Exporter) dataBundle(ctx context.Context, v *snapshot.Version, plan *Pl
 			}
 			// Render on this goroutine; zip's CRC on another, which hands
 			// blocks to the deflating goroutines (parallelDeflate).
-			aw := newAsyncWriter(fw)
+			aw := newAsyncWriter(fw, false)
 			n, err = RenderCSV(ctx, aw, v, f, tenant, plan.BOM)
 			if cerr := aw.Close(); err == nil && cerr != nil {
 				err = fmt.Errorf("zip %s: %w", f.Name, cerr)

@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/flate"
+
+	"github.com/exportd/exportd/internal/lowprio"
 )
 
 // parallelDeflate is a raw deflate stream (what a zip Deflate entry holds)
@@ -50,8 +52,11 @@ const (
 // deflatePools are shared by the entries of one zip writer.
 type deflatePools struct {
 	level int
-	flate sync.Pool // *flate.Writer
-	bufs  sync.Pool // *[]byte of deflateBlockSize capacity
+	// background: blocks are compressed at a lowered CPU priority
+	// (lowprio), for the prerenderer.
+	background bool
+	flate      sync.Pool // *flate.Writer
+	bufs       sync.Pool // *[]byte of deflateBlockSize capacity
 }
 
 func newDeflatePools(level int) *deflatePools {
@@ -137,6 +142,9 @@ func (d *parallelDeflate) writeOldest() error {
 
 func (d *parallelDeflate) compress(j *deflateJob) {
 	defer close(j.ready)
+	if d.pools.background {
+		defer lowprio.Lower()()
+	}
 	defer d.pools.bufs.Put(j.in)
 	fw, _ := d.pools.flate.Get().(*flate.Writer)
 	if fw == nil {

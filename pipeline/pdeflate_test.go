@@ -40,22 +40,26 @@ func writePieces(t *testing.T, r *rand.Rand, w io.Writer, data []byte) {
 }
 
 // TestParallelDeflateRoundTrip inflates what parallelDeflate wrote, with the
-// standard library, for sizes around the block size.
+// standard library, for sizes around the block size, in the foreground and
+// at the prerenderer's lowered priority.
 func TestParallelDeflateRoundTrip(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	pools := newDeflatePools(1)
-	for _, n := range []int{0, 1, 1000, deflateBlockSize - 1, deflateBlockSize, deflateBlockSize + 1, 11*deflateBlockSize/2 + 17} {
-		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			data := csvLike(r, n)
-			var out bytes.Buffer
-			w, err := pools.newWriter(&out)
-			require.NoError(t, err)
-			writePieces(t, r, w, data)
-			require.NoError(t, w.Close())
-			got, err := io.ReadAll(flate.NewReader(bytes.NewReader(out.Bytes())))
-			require.NoError(t, err)
-			require.True(t, bytes.Equal(data, got), "inflated %d bytes, wrote %d", len(got), len(data))
-		})
+	for _, background := range []bool{false, true} {
+		pools := newDeflatePools(1)
+		pools.background = background
+		for _, n := range []int{0, 1, 1000, deflateBlockSize - 1, deflateBlockSize, deflateBlockSize + 1, 11*deflateBlockSize/2 + 17} {
+			t.Run(fmt.Sprint(background, n), func(t *testing.T) {
+				data := csvLike(r, n)
+				var out bytes.Buffer
+				w, err := pools.newWriter(&out)
+				require.NoError(t, err)
+				writePieces(t, r, w, data)
+				require.NoError(t, w.Close())
+				got, err := io.ReadAll(flate.NewReader(bytes.NewReader(out.Bytes())))
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(data, got), "inflated %d bytes, wrote %d", len(got), len(data))
+			})
+		}
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/exportd/exportd/internal/lowprio"
 	"github.com/exportd/exportd/snapshot"
 )
 
@@ -186,11 +187,13 @@ func (d entryDir) write(name string, level int, render func(w io.Writer) (int64,
 		}
 	}()
 	cnt := &countingFile{f: tmp}
-	dw, err := newDeflatePools(level).newWriter(cnt)
+	pools := newDeflatePools(level)
+	pools.background = true
+	dw, err := pools.newWriter(cnt)
 	if err != nil {
 		return err
 	}
-	aw := newAsyncWriter(dw)
+	aw := newAsyncWriter(dw, true)
 	cc := &crcCounter{w: aw}
 	rows, err := render(cc)
 	if cerr := aw.Close(); err == nil {
@@ -325,8 +328,10 @@ func (p *Prerenderer) Run(ctx context.Context, st Pinner) error {
 
 // Once writes the entries missing for the current version's large, folded
 // base files seen for at least Settle, and removes those no base file of it
-// needs. Passes must not run concurrently.
+// needs. Passes must not run concurrently. It renders, deflates and writes
+// at a lowered CPU priority (lowprio).
 func (p *Prerenderer) Once(ctx context.Context, st Pinner) (PrerenderStats, error) {
+	defer lowprio.Lower()() // background work: the stream and exports come first
 	var stats PrerenderStats
 	v, err := st.Pin(ctx)
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/exportd/exportd/internal/lowprio"
 )
 
 // policy holds the compaction thresholds (tests shrink them).
@@ -259,7 +261,7 @@ func (s *Store) mergeWindows(ctx context.Context, dv *dataVer, wins [][]*segMeta
 	g, gctx := errgroup.WithContext(ctx)
 	for i, w := range wins {
 		g.Go(func() error {
-			defer lowerPriority()()
+			defer lowprio.Lower()()
 			e, err := s.merge(gctx, dv, w)
 			edits[i] = e
 			return err
@@ -537,7 +539,7 @@ func (s *Store) fold(ctx context.Context, dv *dataVer, segs []*segMeta) (_ *edit
 			hi = cuts[i]
 		}
 		g.Go(func() error {
-			defer lowerPriority()()
+			defer lowprio.Lower()()
 			p, err := s.foldRange(gctx, dv, segs, lo, hi)
 			parts[i] = p
 			return err

@@ -1,22 +1,22 @@
 //go:build linux
 
-package snapshot
+package lowprio
 
 import (
 	"runtime"
 	"syscall"
 )
 
-// compactNice is the nice value of compaction threads. At nice 10 a thread
-// gets about a tenth of a core's time from a busy nice-0 thread on that
-// core (scheduler weights 110 against 1024), and all of an idle core.
-const compactNice = 10
+// Nice is the nice value of background threads. At nice 10 a thread gets
+// about a tenth of a core's time from a busy nice-0 thread on that core
+// (scheduler weights 110 against 1024), and all of an idle core.
+const Nice = 10
 
-// lowerPriority makes the calling goroutine run on its own OS thread at
-// nice compactNice until restore is called, so compaction yields the CPU
-// to the replication stream, exports and PostgreSQL, and uses what they
-// leave. On Linux the nice value of a thread id applies to that thread
-// only.
+// Lower makes the calling goroutine run on its own OS thread at nice Nice
+// until restore is called, so background work (compaction, prerendering)
+// yields the CPU to the replication stream, exports and PostgreSQL, and
+// uses what they leave. On Linux the nice value of a thread id applies to
+// that thread only.
 //
 // restore puts the thread's priority back and unlocks it. Raising a
 // priority needs CAP_SYS_NICE (or RLIMIT_NICE); without it the goroutine
@@ -24,7 +24,7 @@ const compactNice = 10
 // goroutines at the lowered priority. (A thread's exit delivers the
 // parent-death signal of children it started with Pdeathsig: exportd
 // starts none; test harnesses that do run as root.)
-func lowerPriority() (restore func()) {
+func Lower() (restore func()) {
 	runtime.LockOSThread()
 	tid := syscall.Gettid()
 	raw, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid)
@@ -33,7 +33,7 @@ func lowerPriority() (restore func()) {
 		return func() {}
 	}
 	old := 20 - raw // the system call returns 20 - nice
-	if old >= compactNice || syscall.Setpriority(syscall.PRIO_PROCESS, tid, compactNice) != nil {
+	if old >= Nice || syscall.Setpriority(syscall.PRIO_PROCESS, tid, Nice) != nil {
 		runtime.UnlockOSThread()
 		return func() {}
 	}
