@@ -66,7 +66,7 @@ func TestPrerenderedExport(t *testing.T) {
 	require.GreaterOrEqual(t, time.Since(start), settle)
 	require.NoError(t, os.RemoveAll(dir))
 
-	pre, err := pipeline.NewPrerenderer(spec, pipeline.PrerenderConfig{Dir: dir, MinRows: 1, Settle: -1}, testLogger(t), nil)
+	pre, err := pipeline.NewPrerenderer(spec, pipeline.PrerenderConfig{Dir: dir, MinRows: 1, Settle: -1, Background: true}, testLogger(t), nil)
 	require.NoError(t, err)
 	st, err = pre.Once(ctx, rep.Store)
 	require.NoError(t, err)

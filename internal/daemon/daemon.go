@@ -111,7 +111,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Daemo
 	if n := cfg.Export.PrerenderMinRows; n > 0 {
 		prerenderDir = filepath.Join(cfg.StateDir, pipeline.PrerenderDir)
 		d.prerender, err = pipeline.NewPrerenderer(spec, pipeline.PrerenderConfig{Dir: prerenderDir, MinRows: n,
-			CompressionLevel: cfg.Export.CompressionLevel}, logger, pipeline.NewPrerenderMetrics(d.reg))
+			CompressionLevel: cfg.Export.CompressionLevel, Background: true}, logger, pipeline.NewPrerenderMetrics(d.reg))
 		if err != nil {
 			return nil, err
 		}
