@@ -10,4 +10,9 @@
 //
 // Attachment files go into zip bundles under names made by a ZipNamer:
 // readable, sanitised and collision-free whatever the stored file names are.
+//
+// A Prerenderer keeps the CSVs of large, settled base files rendered and
+// deflated as zip entries; an Exporter copies an entry instead of rendering
+// its CSV when the staged rows are exactly that base file's
+// (prerender.go).
 package pipeline
