@@ -49,6 +49,8 @@ var knownMetrics = []string{
 	"exportd_export_phase_duration_seconds",
 	"exportd_export_published_bytes_total",
 	"exportd_export_rows_rendered_total",
+	"exportd_export_rows_prerendered_total",
+	"exportd_prerender_bytes",
 	"exportd_export_missing_files_total",
 	"exportd_requests_total",
 	"exportd_requests_parked",
