@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zip"
@@ -176,11 +177,11 @@ func (c *crcCounter) Write(p []byte) (int, error) {
 // write renders an entry with render (which writes the CSV and returns its
 // rows) into name: deflated at level, to a temporary file synced and
 // renamed; background: the deflate and write goroutines run at a lowered
-// CPU priority.
-func (d entryDir) write(name string, level int, background bool, render func(w io.Writer) (int64, error)) (rerr error) {
+// CPU priority. It returns the entry's size in bytes.
+func (d entryDir) write(name string, level int, background bool, render func(w io.Writer) (int64, error)) (_ int64, rerr error) {
 	tmp, err := os.CreateTemp(string(d), name+".tmp-*")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer func() {
 		if rerr != nil {
@@ -188,12 +189,12 @@ func (d entryDir) write(name string, level int, background bool, render func(w i
 			os.Remove(tmp.Name())
 		}
 	}()
-	cnt := &countingFile{f: tmp}
+	var compressed atomic.Int64
 	pools := newDeflatePools(level)
 	pools.background = background
-	dw, err := pools.newWriter(cnt)
+	dw, err := pools.newWriter(countingWriter{tmp, &compressed})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	aw := newAsyncWriter(dw, background)
 	cc := &crcCounter{w: aw}
@@ -205,35 +206,24 @@ func (d entryDir) write(name string, level int, background bool, render func(w i
 		err = cerr
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var t [entryTrailer]byte
 	binary.LittleEndian.PutUint64(t[0:], uint64(rows))
 	binary.LittleEndian.PutUint64(t[8:], cc.n)
 	binary.LittleEndian.PutUint32(t[16:], cc.crc)
-	binary.LittleEndian.PutUint64(t[20:], uint64(cnt.n))
+	binary.LittleEndian.PutUint64(t[20:], uint64(compressed.Load()))
 	copy(t[28:], entryMagic)
 	if _, err := tmp.Write(t[:]); err != nil {
-		return err
+		return 0, err
 	}
 	if err := tmp.Sync(); err != nil {
-		return err
+		return 0, err
 	}
 	if err := tmp.Close(); err != nil {
-		return err
+		return 0, err
 	}
-	return os.Rename(tmp.Name(), filepath.Join(string(d), name))
-}
-
-type countingFile struct {
-	f *os.File
-	n int64
-}
-
-func (c *countingFile) Write(p []byte) (int, error) {
-	n, err := c.f.Write(p)
-	c.n += int64(n)
-	return n, err
+	return compressed.Load() + int64(entryTrailer), os.Rename(tmp.Name(), filepath.Join(string(d), name))
 }
 
 // PrerenderConfig configures a Prerenderer. Zero values take the defaults.
@@ -392,22 +382,19 @@ func (p *Prerenderer) Once(ctx context.Context, st Pinner) (PrerenderStats, erro
 			}
 			start := time.Now()
 			var rows int64
-			if err := p.dir.write(name, p.cfg.CompressionLevel, p.cfg.Background, func(w io.Writer) (int64, error) {
+			size, err := p.dir.write(name, p.cfg.CompressionLevel, p.cfg.Background, func(w io.Writer) (int64, error) {
 				n, err := RenderCSV(ctx, w, v, f, b.Tenant, plan.BOM)
 				rows = n
 				return n, err
-			}); err != nil {
-				return stats, fmt.Errorf("prerender %s of tenant %s: %w", f.Name, b.Tenant, err)
-			}
-			fi, err := os.Stat(filepath.Join(string(p.dir), name))
+			})
 			if err != nil {
-				return stats, fmt.Errorf("prerender: %w", err)
+				return stats, fmt.Errorf("prerender %s of tenant %s: %w", f.Name, b.Tenant, err)
 			}
 			stats.Entries++
 			stats.Rows += rows
-			stats.Bytes += fi.Size()
+			stats.Bytes += size
 			p.m.written(rows, time.Since(start))
-			p.logger.Debug("prerendered", "file", f.Name, "tenant", b.Tenant, "rows", rows, "bytes", fi.Size(),
+			p.logger.Debug("prerendered", "file", f.Name, "tenant", b.Tenant, "rows", rows, "bytes", size,
 				"seconds", time.Since(start).Seconds())
 		}
 	}
