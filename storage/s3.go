@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	tmtypes "github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
 )
@@ -45,6 +47,15 @@ const (
 
 // s3AbortAttempts bounds the attempts to abort a failed multipart upload.
 const s3AbortAttempts = 6
+
+// Retries of a conditional PutObject that S3 answers 409
+// ConditionalRequestConflict (a concurrent conditional write of the key
+// was in progress): at most s3ConflictAttempts attempts, the first retry
+// after s3ConflictWait, doubling.
+const (
+	s3ConflictAttempts = 5
+	s3ConflictWait     = 50 * time.Millisecond
+)
 
 // s3CleanupTimeout bounds the abort of a failed multipart upload, which
 // runs even when the caller's context has ended.
@@ -117,8 +128,9 @@ type S3 struct {
 }
 
 var (
-	_ Store  = (*S3)(nil)
-	_ Linker = (*S3)(nil)
+	_ Store       = (*S3)(nil)
+	_ Linker      = (*S3)(nil)
+	_ Conditional = (*S3)(nil)
 )
 
 // NewS3 returns an S3 store for cfg. It checks cfg and loads credentials
@@ -460,6 +472,96 @@ func (s *S3) List(ctx context.Context, prefix string, fn func(ObjectInfo) error)
 		}
 	}
 	return nil
+}
+
+// PutIfAbsent writes data in one PutObject with If-None-Match: *. The ETag
+// is the one S3 returns.
+func (s *S3) PutIfAbsent(ctx context.Context, key string, data []byte) (string, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", fmt.Errorf("put object if absent: %w", err)
+	}
+	etag, err := s.putConditional(ctx, key, data, &s3.PutObjectInput{IfNoneMatch: aws.String("*")})
+	if err != nil {
+		return "", fmt.Errorf("put object %q if absent: %w", key, err)
+	}
+	return etag, nil
+}
+
+// PutIfMatch writes data in one PutObject with If-Match: etag.
+func (s *S3) PutIfMatch(ctx context.Context, key string, data []byte, etag string) (string, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", fmt.Errorf("put object if match: %w", err)
+	}
+	newETag, err := s.putConditional(ctx, key, data, &s3.PutObjectInput{IfMatch: aws.String(etag)})
+	if err != nil {
+		return "", fmt.Errorf("put object %q if match: %w", key, err)
+	}
+	return newETag, nil
+}
+
+// putConditional sends in, a PutObjectInput with its condition set, with
+// data at key, the store's encryption settings, and retries while S3
+// answers ConditionalRequestConflict.
+func (s *S3) putConditional(ctx context.Context, key string, data []byte, in *s3.PutObjectInput) (string, error) {
+	in.Bucket = aws.String(s.bucket)
+	in.Key = aws.String(s.prefix + key)
+	in.ContentLength = aws.Int64(int64(len(data)))
+	in.ServerSideEncryption = s3types.ServerSideEncryption(s.sse)
+	in.SSEKMSKeyId = nonEmpty(s.kmsKeyID)
+	wait := s3ConflictWait
+	for attempt := 1; ; attempt++ {
+		in.Body = bytes.NewReader(data)
+		out, err := s.client.PutObject(ctx, in)
+		switch {
+		case err == nil:
+			return aws.ToString(out.ETag), nil
+		case hasErrorCode(err, "PreconditionFailed") || httpStatus(err) == http.StatusPreconditionFailed:
+			return "", ErrPrecondition
+		case hasErrorCode(err, "NoSuchKey"):
+			return "", ErrNotExist
+		case !hasErrorCode(err, "ConditionalRequestConflict") || attempt == s3ConflictAttempts:
+			return "", err
+		}
+		s.logger.Debug("conditional put conflicts with another; retrying", "key", key, "attempt", attempt, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", ctx.Err()
+		case <-t.C:
+		}
+		wait *= 2
+	}
+}
+
+// GetETag reads the object with GetObject. The ETag is the one S3
+// returns.
+func (s *S3) GetETag(ctx context.Context, key string) (_ []byte, _ string, err error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, "", fmt.Errorf("get object: %w", err)
+	}
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
+		Bucket: aws.String(s.bucket),
+		Key:    aws.String(s.prefix + key),
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("get object %q: %w", key, notExist(err))
+	}
+	defer func() { err = errors.Join(err, out.Body.Close()) }()
+	data, err := io.ReadAll(out.Body)
+	if err != nil {
+		return nil, "", fmt.Errorf("get object %q: %w", key, err)
+	}
+	return data, aws.ToString(out.ETag), nil
+}
+
+// httpStatus returns the HTTP status code of an S3 error, or 0.
+func httpStatus(err error) int {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
 }
 
 // Link checks that the object exists and presigns a GET of it that sets

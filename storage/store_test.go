@@ -15,7 +15,8 @@ import (
 )
 
 // testStore is the conformance suite for Store implementations: every
-// implementation's tests call it with an empty store.
+// implementation's tests call it with an empty store. The implementations
+// are Conditional too, and the suite checks that as well.
 func testStore(t *testing.T, s Store) {
 	t.Run("PutGet", func(t *testing.T) { testPutGet(t, s) })
 	t.Run("Overwrite", func(t *testing.T) { testOverwrite(t, s) })
@@ -24,6 +25,9 @@ func testStore(t *testing.T, s Store) {
 	t.Run("FailedPut", func(t *testing.T) { testFailedPut(t, s) })
 	t.Run("InvalidKeys", func(t *testing.T) { testInvalidKeys(t, s) })
 	t.Run("ConcurrentPut", func(t *testing.T) { testConcurrentPut(t, s) })
+	c, ok := s.(Conditional)
+	require.True(t, ok, "%T is not Conditional", s)
+	t.Run("Conditional", func(t *testing.T) { testConditional(t, s, c) })
 	// List last: the subtests above leave the store empty.
 	t.Run("List", func(t *testing.T) { testList(t, s) })
 }
