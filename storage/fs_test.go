@@ -1,13 +1,19 @@
 package storage
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -155,4 +161,107 @@ func TestFSRemoveTemp(t *testing.T) {
 	entries, err := os.ReadDir(filepath.Join(s.Root(), "a", "b"))
 	require.NoError(t, err)
 	require.Len(t, entries, 1)
+}
+
+func TestFSLockFilesAreHidden(t *testing.T) {
+	s := newFS(t)
+	_, err := s.PutIfAbsent(t.Context(), "d/obj", []byte("x"))
+	require.NoError(t, err)
+	locks, err := os.ReadDir(filepath.Join(s.Root(), lockDir))
+	require.NoError(t, err)
+	require.Len(t, locks, 1, "a lock file per key")
+
+	var keys []string
+	require.NoError(t, s.List(t.Context(), "", func(o ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	}))
+	require.Equal(t, []string{"d/obj"}, keys)
+	require.NoError(t, s.List(t.Context(), lockDir+"/", func(o ObjectInfo) error {
+		return fmt.Errorf("listed %s", o.Key)
+	}))
+	_, err = s.Get(t.Context(), lockDir+"/"+locks[0].Name())
+	require.ErrorContains(t, err, "reserved prefix")
+
+	n, err := s.RemoveTemp()
+	require.NoError(t, err)
+	require.Zero(t, n)
+	require.FileExists(t, filepath.Join(s.Root(), lockDir, locks[0].Name()), "RemoveTemp keeps lock files")
+	del(t, s, "d/obj")
+	require.FileExists(t, filepath.Join(s.Root(), lockDir, locks[0].Name()), "and so does Delete")
+}
+
+func TestFSPutIfAbsentOverDirectory(t *testing.T) {
+	s := newFS(t)
+	put(t, s, "a/b", []byte("x"))
+	_, err := s.PutIfAbsent(t.Context(), "a", []byte("y"))
+	require.ErrorContains(t, err, "directory")
+	require.NotErrorIs(t, err, ErrPrecondition, "no object is there")
+	_, err = s.PutIfMatch(t.Context(), "a", []byte("y"), fsETag([]byte("x")))
+	require.ErrorIs(t, err, ErrNotExist)
+	require.Equal(t, []string{".tmp-locks/", ".tmp-locks/" + lockName("a"), "a/", "a/b"}, files(t, s),
+		"no temporary file is left")
+}
+
+func lockName(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])
+}
+
+func TestFSLockHonoursContext(t *testing.T) {
+	s := newFS(t)
+	unlock, err := s.lock(t.Context(), "k")
+	require.NoError(t, err)
+	defer unlock()
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	_, err = s.PutIfAbsent(ctx, "k", []byte("x"))
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the key stays locked")
+	_, err = s.Stat(t.Context(), "k")
+	require.ErrorIs(t, err, ErrNotExist)
+}
+
+// counterDirEnv, when set, makes TestFSConditionalAcrossProcesses a child
+// process incrementing the counter in the store at that directory.
+const counterDirEnv = "EXPORTD_TEST_FS_COUNTER_DIR"
+
+// TestFSConditionalAcrossProcesses increments one counter from several
+// processes sharing the directory, as exportd replicas share an FS store.
+func TestFSConditionalAcrossProcesses(t *testing.T) {
+	const (
+		children   = 3
+		increments = 20 // per process
+	)
+	if dir := os.Getenv(counterDirEnv); dir != "" {
+		s, err := NewFS(dir)
+		require.NoError(t, err)
+		for range increments {
+			_, err := increment(t.Context(), s, "counter")
+			require.NoError(t, err)
+		}
+		return
+	}
+	s := newFS(t)
+	_, err := s.PutIfAbsent(t.Context(), "counter", []byte("0"))
+	require.NoError(t, err)
+
+	var wg sync.WaitGroup
+	for range children {
+		wg.Go(func() {
+			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestFSConditionalAcrossProcesses$", "-test.count=1")
+			cmd.Env = append(os.Environ(), counterDirEnv+"="+s.Root())
+			out, err := cmd.CombinedOutput()
+			assert.NoError(t, err, "child:\n%s", out)
+		})
+	}
+	wg.Go(func() { // and this process too
+		for range increments {
+			_, err := increment(t.Context(), s, "counter")
+			if !assert.NoError(t, err) {
+				return
+			}
+		}
+	})
+	wg.Wait()
+	require.Equal(t, strconv.Itoa((children+1)*increments), string(get(t, s, "counter")), "no increment is lost")
 }

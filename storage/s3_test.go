@@ -35,6 +35,9 @@ type recorder struct {
 	reqs []recorded
 	oks  []recorded // requests answered 2xx
 	fail func(recorded) error
+	// answer, if it returns a response, answers the request in the
+	// server's place.
+	answer func(recorded) *http.Response
 }
 
 type recorded struct {
@@ -65,8 +68,17 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	rec := recorded{Method: req.Method, Path: req.URL.Path, Query: req.URL.Query(), Header: req.Header.Clone()}
 	r.mu.Lock()
 	r.reqs = append(r.reqs, rec)
-	fail := r.fail
+	fail, answer := r.fail, r.answer
 	r.mu.Unlock()
+	if answer != nil {
+		if resp := answer(rec); resp != nil {
+			if req.Body != nil {
+				_ = req.Body.Close()
+			}
+			resp.Request = req
+			return resp, nil
+		}
+	}
 	if fail != nil {
 		if err := fail(rec); err != nil {
 			if req.Body != nil {
@@ -654,4 +666,115 @@ func TestNewS3Invalid(t *testing.T) {
 	s, err := storage.NewS3(t.Context(), valid, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
+}
+
+// TestS3Conditional checks the requests of conditional writes: one
+// PutObject each, with the condition, the store's prefix and its
+// encryption settings.
+func TestS3Conditional(t *testing.T) {
+	srv := s3test.Start(t)
+	cfg := srv.S3Config("cas")
+	cfg.SSE = "AES256"
+	s, rec := newS3(t, cfg)
+	bare, _ := newS3(t, srv.S3Config(""))
+	ctx := t.Context()
+
+	etag, err := s.PutIfAbsent(ctx, "k", []byte("one"))
+	require.NoError(t, err)
+	require.Equal(t, "one", string(getBytes(t, bare, "cas/k")), "under the prefix")
+	reqs := rec.requests("PutObject")
+	require.Len(t, reqs, 1)
+	require.Equal(t, "*", reqs[0].Header.Get("If-None-Match"))
+	require.Empty(t, reqs[0].Header.Get("If-Match"))
+	require.Equal(t, "AES256", reqs[0].Header.Get("X-Amz-Server-Side-Encryption"))
+
+	rec.reset()
+	data, got, err := s.GetETag(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "one", string(data))
+	require.Equal(t, etag, got)
+	_, err = s.PutIfMatch(ctx, "k", []byte("two"), got)
+	require.NoError(t, err)
+	reqs = rec.requests("PutObject")
+	require.Len(t, reqs, 1)
+	require.Equal(t, got, reqs[0].Header.Get("If-Match"), "the ETag is sent as given")
+	require.Empty(t, reqs[0].Header.Get("If-None-Match"))
+	require.Equal(t, "AES256", reqs[0].Header.Get("X-Amz-Server-Side-Encryption"))
+	require.Equal(t, "two", string(getBytes(t, bare, "cas/k")))
+
+	_, _, err = bare.GetETag(ctx, "k")
+	require.ErrorIs(t, err, storage.ErrNotExist, "the prefix applies to GetETag")
+	_, err = bare.PutIfAbsent(ctx, "cas/k", []byte("three"))
+	require.ErrorIs(t, err, storage.ErrPrecondition)
+}
+
+// conflict is S3's answer to a conditional write that races another.
+func conflict() *http.Response {
+	body := `<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>ConditionalRequestConflict</Code><Message>A conflicting conditional operation is currently in progress against this resource. Please try again.</Message></Error>`
+	return &http.Response{
+		Status:        "409 Conflict",
+		StatusCode:    http.StatusConflict,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        http.Header{"Content-Type": {"application/xml"}},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+	}
+}
+
+// TestS3ConditionalConflict checks that conditional writes are retried
+// when AWS S3 answers 409 ConditionalRequestConflict, which versitygw does
+// not: the test's transport answers in its place.
+func TestS3ConditionalConflict(t *testing.T) {
+	srv := s3test.Start(t)
+	s, rec := newS3(t, srv.S3Config("conflict"))
+	ctx := t.Context()
+	conflicts := func(n int) {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		left := n
+		rec.answer = func(req recorded) *http.Response {
+			if req.op() != "PutObject" || left == 0 {
+				return nil
+			}
+			left--
+			return conflict()
+		}
+	}
+
+	conflicts(2)
+	etag, err := s.PutIfAbsent(ctx, "k", []byte("one"))
+	require.NoError(t, err, "retried past two conflicts")
+	require.Len(t, rec.requests("PutObject"), 3)
+	require.Equal(t, "one", string(getBytes(t, s, "k")))
+
+	rec.reset()
+	conflicts(2)
+	_, err = s.PutIfMatch(ctx, "k", []byte("two"), etag)
+	require.NoError(t, err)
+	require.Len(t, rec.requests("PutObject"), 3)
+	require.Equal(t, "two", string(getBytes(t, s, "k")))
+
+	rec.reset()
+	conflicts(100)
+	_, err = s.PutIfAbsent(ctx, "other", []byte("x"))
+	require.ErrorContains(t, err, "ConditionalRequestConflict", "conflicts without end give up")
+	require.NotErrorIs(t, err, storage.ErrPrecondition)
+	require.Len(t, rec.requests("PutObject"), 5)
+
+	rec.reset()
+	conflicts(100)
+	canceled, cancel := context.WithCancel(ctx)
+	rec.mu.Lock()
+	inner := rec.answer
+	rec.answer = func(req recorded) *http.Response {
+		cancel() // during the first attempt: Put must not wait out its retries
+		return inner(req)
+	}
+	rec.mu.Unlock()
+	_, err = s.PutIfAbsent(canceled, "other", []byte("x"))
+	require.ErrorIs(t, err, context.Canceled)
+	require.Len(t, rec.requests("PutObject"), 1)
 }
