@@ -136,6 +136,11 @@ type Options struct {
 	MetaCacheSize int64
 	// MaxOpenFiles bounds the data files kept open while unused (default 256).
 	MaxOpenFiles int
+	// Shared, if set, keeps staging in a bucket shared by several replicas
+	// (see shared.go); dir then only caches data files and holds the
+	// key-to-tenant index. The store opens as a follower; Acquire makes it
+	// the writer.
+	Shared *SharedOptions
 
 	// hook, if set (tests only), is called at named points of Commit and
 	// compaction; an error simulates a crash there.

@@ -440,7 +440,7 @@ func TestManyTenants(t *testing.T) {
 func TestCloseDuringCompaction(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := Open(ctx, dir, Options{Logger: testLogger(), MemoryLimit: 64 << 10, policy: policy{fanIn: 4, maxSegments: 2, manual: true}})
+	s, err := openForTest(ctx, dir, Options{Logger: testLogger(), MemoryLimit: 64 << 10, policy: policy{fanIn: 4, maxSegments: 2, manual: true}})
 	require.NoError(t, err)
 	var rows []Row
 	for i := range 20000 {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"slices"
 	"time"
 
@@ -101,6 +102,9 @@ func (s *Store) Begin() (*Batch, error) {
 	}
 	if s.batch != nil || s.load != nil {
 		return nil, fmt.Errorf("begin batch: %w", ErrBusy)
+	}
+	if !s.isWriterLocked() {
+		return nil, fmt.Errorf("begin batch: %w", ErrNotWriter)
 	}
 	if s.indexBroken != nil {
 		return nil, fmt.Errorf("begin batch: reopen the store to repair the index: %w", s.indexBroken)
@@ -751,16 +755,6 @@ func (b *Batch) Commit(ctx context.Context, lsn LSN) error {
 	defer s.writeMu.Unlock()
 	pb := s.db.NewBatch()
 	defer pb.Close() // recycles the batch; committed or not
-	for id, t := range b.tables {
-		if err := pb.Set(tableKey(id), mustJSON(t), nil); err != nil {
-			return fmt.Errorf("commit batch: %w", err)
-		}
-	}
-	for _, r := range b.runs {
-		if err := pb.Set(segKey(r.Num), mustJSON(r), nil); err != nil {
-			return fmt.Errorf("commit batch: %w", err)
-		}
-	}
 	for id := range b.dropIdx {
 		t := b.tables[id]
 		lo, hi := indexPrefix(id, 0), indexPrefix(id, t.IdxGen)
@@ -795,14 +789,12 @@ func (b *Batch) Commit(ctx context.Context, lsn LSN) error {
 	s.mu.Unlock()
 	st.LSN = max(st.LSN, lsn)
 	st.NextSeq = b.seq
-	if err := pb.Set([]byte(keyState), mustJSON(st), nil); err != nil {
+	e := &logEntry{Kind: entryBatch, State: st, AddSegs: b.runs}
+	for _, id := range slices.Sorted(maps.Keys(b.tables)) {
+		e.Tables = append(e.Tables, b.tables[id])
+	}
+	if err := s.commitManifest(ctx, pb, e, "batch.manifest"); err != nil {
 		return fmt.Errorf("commit batch: %w", err)
-	}
-	if err := s.hook("batch.manifest"); err != nil {
-		return err
-	}
-	if err := pb.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("commit batch: write manifest: %w", err)
 	}
 	if err := s.hook("batch.committed"); err != nil {
 		return err

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/exportd/exportd/internal/lowprio"
@@ -170,6 +169,9 @@ func (s *Store) compactOnce(ctx context.Context, force bool) (bool, error) {
 	// the store is still open: no compaction may write files after Close.
 	if s.life.Err() != nil {
 		return false, ErrClosed
+	}
+	if !s.isWriter() {
+		return false, ErrNotWriter
 	}
 	dv, err := s.pinCurrent()
 	if err != nil {
@@ -337,30 +339,26 @@ func (s *Store) installEdit(dv *dataVer, e *edit) (bool, error) {
 	}
 	pb := s.db.NewBatch()
 	defer pb.Close() // recycles the batch; committed or not
-	var err error
-	for _, in := range e.inputs {
-		err = errors.Join(err, pb.Delete(segKey(in.Num), nil))
-	}
-	if e.out != nil {
-		err = errors.Join(err, pb.Set(segKey(e.out.Num), mustJSON(e.out), nil))
-	}
-	for tt, b := range e.bases {
-		k := baseKey(binary.BigEndian.Uint32([]byte(tt)), []byte(tt[4:]))
-		if b == nil {
-			err = errors.Join(err, pb.Delete(k, nil))
-		} else {
-			err = errors.Join(err, pb.Set(k, mustJSON(b), nil))
-		}
-	}
 	s.mu.Lock()
 	st := s.stateLocked()
 	s.mu.Unlock()
-	err = errors.Join(err, pb.Set([]byte(keyState), mustJSON(st), nil))
-	if err != nil {
-		return false, fmt.Errorf("install compaction: %w", err)
+	le := &logEntry{Kind: entryCompact, State: st, Obsolete: slices.Clone(e.obsolete)}
+	for _, in := range e.inputs {
+		le.DelSegs = append(le.DelSegs, in.Num)
+		le.Obsolete = append(le.Obsolete, in.name())
 	}
-	if err := pb.Commit(pebble.Sync); err != nil {
-		return false, fmt.Errorf("install compaction: write manifest: %w", err)
+	if e.out != nil {
+		le.AddSegs = []*segMeta{e.out}
+	}
+	for _, tt := range slices.Sorted(maps.Keys(e.bases)) {
+		if b := e.bases[tt]; b != nil {
+			le.SetBases = append(le.SetBases, b)
+		} else {
+			le.DelBases = append(le.DelBases, baseRef{Table: binary.BigEndian.Uint32([]byte(tt)), Tenant: []byte(tt[4:])})
+		}
+	}
+	if err := s.commitManifest(s.life, pb, le, ""); err != nil {
+		return false, fmt.Errorf("install compaction: %w", err)
 	}
 	if err := s.hook("compact.committed"); err != nil {
 		return true, err

@@ -110,7 +110,7 @@ func TestCrash(t *testing.T) {
 				},
 			}
 			open := func() *Store {
-				s, err := Open(ctx, dir, opts)
+				s, err := openForTest(ctx, dir, opts)
 				require.NoError(t, err)
 				cur.Store(s)
 				return s
@@ -269,7 +269,7 @@ func TestCrashKill(t *testing.T) {
 				last = max(last, n)
 			}
 		}
-		s, err := Open(ctx, dir, Options{Logger: testLogger()})
+		s, err := openForTest(ctx, dir, Options{Logger: testLogger()})
 		require.NoError(t, err)
 		lsn := s.State().LSN
 		require.GreaterOrEqual(t, lsn, stepLSN(last), "kill %d: a committed step is lost", k)
@@ -292,7 +292,7 @@ func TestCrashKillChild(t *testing.T) {
 	seed, err := strconv.ParseUint(os.Getenv("EXPORTD_CRASH_SEED"), 10, 64)
 	require.NoError(t, err)
 	ctx := context.Background()
-	s, err := Open(ctx, dir, Options{
+	s, err := openForTest(ctx, dir, Options{
 		Logger:          testLogger(),
 		MemoryLimit:     24 << 10,
 		CompactInterval: time.Millisecond,

@@ -2,7 +2,9 @@ package snapshot
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
 	"log/slog"
 	"testing"
 
@@ -11,22 +13,36 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	if err := sharedFromEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
 }
 
 func testLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// openTestStore opens a store in dir, closed at the end of the test.
+// openTestStore opens a store in dir, closed at the end of the test. In a
+// run against shared staging (TestSharedStaging) it is the writer of a
+// bucket prefix of its own, and at the end of the test a follower opened on
+// the same prefix must see what it holds.
 func openTestStore(t testing.TB, dir string, opts Options) *Store {
 	t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = testLogger()
 	}
-	s, err := Open(context.Background(), dir, opts)
+	s, err := openForTest(context.Background(), dir, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
+	if testBucket != nil {
+		// One follower from the start (it applies each entry's index
+		// effects), one opened at the end (it rebuilds its index).
+		f := openTestFollower(t, dir)
+		t.Cleanup(func() { checkFollower(t, s, f, dir) })
+	}
 	return s
 }
 

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,6 +119,9 @@ func (s *Store) BeginLoad(ctx context.Context, slot string, lsn LSN, tables []Ta
 	}
 	if s.batch != nil || s.load != nil {
 		return nil, fmt.Errorf("begin load: %w", ErrBusy)
+	}
+	if !s.isWriterLocked() {
+		return nil, fmt.Errorf("begin load: %w", ErrNotWriter)
 	}
 	chunk := int(min(max(s.opts.MemoryLimit/64, 64<<10), 1<<20))
 	l := &Load{
@@ -493,40 +498,14 @@ func (l *Load) Commit(ctx context.Context) error {
 	defer s.writeMu.Unlock()
 	pb := s.db.NewBatch()
 	defer pb.Close() // recycles the batch; committed or not
-	for _, p := range []string{prefixTable, prefixSeg, prefixBase} {
-		if err := pb.DeleteRange([]byte(p), prefixEnd([]byte(p)), nil); err != nil {
-			return fmt.Errorf("commit load: %w", err)
-		}
-	}
 	if err := pb.DeleteRange([]byte(prefixIndex), indexTablePrefix(l.minID), nil); err != nil {
 		return fmt.Errorf("commit load: %w", err)
 	}
-	for id, t := range l.tables {
-		if err := pb.Set(tableKey(id), mustJSON(t), nil); err != nil {
-			return fmt.Errorf("commit load: %w", err)
-		}
-	}
-	for _, r := range runs {
-		if err := pb.Set(segKey(r.Num), mustJSON(r), nil); err != nil {
-			return fmt.Errorf("commit load: %w", err)
-		}
-	}
 	s.mu.Lock()
 	st := s.stateLocked()
+	old := s.cur
 	s.mu.Unlock()
 	st.LSN, st.SnapshotDone, st.Slot, st.Epoch = l.lsn, true, l.slot, st.Epoch+1
-	if err := pb.Set([]byte(keyState), mustJSON(st), nil); err != nil {
-		return fmt.Errorf("commit load: %w", err)
-	}
-	if err := pb.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("commit load: write manifest: %w", err)
-	}
-	if err := s.hook("load.committed"); err != nil {
-		return err
-	}
-
-	s.mu.Lock()
-	old := s.cur
 	removed := make([]string, 0, len(old.segs)+len(old.bases))
 	for _, sg := range old.segs {
 		removed = append(removed, sg.name())
@@ -534,6 +513,18 @@ func (l *Load) Commit(ctx context.Context) error {
 	for _, b := range old.bases {
 		removed = append(removed, b.name())
 	}
+	e := &logEntry{Kind: entryLoad, Replace: true, State: st, AddSegs: runs, Obsolete: removed}
+	for _, id := range slices.Sorted(maps.Keys(l.tables)) {
+		e.Tables = append(e.Tables, l.tables[id])
+	}
+	if err := s.commitManifest(ctx, pb, e, ""); err != nil {
+		return fmt.Errorf("commit load: %w", err)
+	}
+	if err := s.hook("load.committed"); err != nil {
+		return err
+	}
+
+	s.mu.Lock()
 	nd := &dataVer{epoch: st.Epoch}
 	nd.setTables(l.tables)
 	nd.setSegs(runs)

@@ -33,6 +33,10 @@ type stateMeta struct {
 	// ID is chosen at random when the store is created: file names are
 	// unique within a store only.
 	ID string `json:"id,omitempty"`
+	// Term and Writer: in shared staging, the writer's term (each Acquire
+	// starts a new one) and replica id.
+	Term   uint64 `json:"term,omitempty"`
+	Writer string `json:"writer,omitempty"`
 }
 
 // colMeta is one column of one schema generation. A column is identified by

@@ -32,6 +32,9 @@ const (
 	metaMemTableSize       = 8 << 20
 	// lsnPersistInterval bounds how long an LSN moved by Advance stays only in memory.
 	lsnPersistInterval = 2 * time.Second
+	// closePersistTimeout bounds the last write of the position at Close in
+	// shared staging.
+	closePersistTimeout = 10 * time.Second
 )
 
 // errSimulatedCrash is what test hooks return to simulate a crash.
@@ -86,11 +89,21 @@ type Store struct {
 	// indexBroken: a committed batch's index updates could not be copied;
 	// no new Batch until Open repairs it.
 	indexBroken error
+	// Shared staging (see shared.go): the writer's term and replica id,
+	// the newest log entry applied, and how many applied entries the
+	// key-to-tenant index still has to take in.
+	term      uint64
+	writerID  string
+	entryN    uint64
+	idxBehind int
 	pinned      int
 	commits     int64
 	merges      int64
 	folds       int64
 	spilled     int64
+
+	// sh is the state of shared staging; nil for local staging.
+	sh *shared
 
 	kick chan struct{}
 	// life is cancelled by Close: it stops the compactor and any Compact call.
@@ -224,9 +237,29 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	objs, err := newDirObjects(filepath.Join(dir, "data"))
-	if err != nil {
-		return nil, err
+	life, cancel := context.WithCancel(context.Background())
+	var sh *shared
+	var objs objects
+	if opts.Shared != nil {
+		so, err := opts.Shared.withDefaults()
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		bo, err := newBucketObjects(life, so.Bucket, so.Prefix+"data/", filepath.Join(dir, "data"))
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		sh = &shared{opts: so, b: so.Bucket, objs: bo}
+		objs = bo
+	} else {
+		do, err := newDirObjects(filepath.Join(dir, "data"))
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		objs = do
 	}
 	log := opts.Logger.With("component", "snapshot")
 	cache := pebble.NewCache(opts.MetaCacheSize)
@@ -249,6 +282,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	db, err := pebble.Open(filepath.Join(dir, "meta"), popts)
 	cache.Unref() // the DB holds its own reference
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("open metadata store: %w", err)
 	}
 	s := &Store{
@@ -266,13 +300,25 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		live:     make(map[uint64]*dataVer),
 		lsnCh:    make(chan struct{}),
 		kick:     make(chan struct{}, 1),
+		sh:       sh,
+		life:     life,
+		cancel:   cancel,
 	}
-	if err := s.recover(); err != nil {
+	if sh != nil {
+		err = s.recoverShared(ctx)
+	} else {
+		err = s.recover()
+	}
+	if err != nil {
+		cancel()
 		return nil, errors.Join(err, db.Close())
 	}
-	s.life, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.background(s.life)
+	if sh != nil {
+		s.wg.Add(1)
+		go s.sharedLoop(s.life)
+	}
 	return s, nil
 }
 
@@ -502,12 +548,21 @@ func (s *Store) Close() error {
 	s.closed = true
 	close(s.lsnCh)
 	st := s.stateLocked()
-	dirty := s.lsn != s.persistedLSN
+	dirty := s.lsn != s.persistedLSN && s.isWriterLocked()
 	s.mu.Unlock()
-	if dirty {
+	switch {
+	case dirty && s.sh == nil:
 		if err := s.db.Set([]byte(keyState), mustJSON(st), pebble.Sync); err != nil {
 			errs = append(errs, fmt.Errorf("persist state: %w", err))
 		}
+	case dirty:
+		ctx, cancel := context.WithTimeout(context.Background(), closePersistTimeout)
+		pb := s.db.NewBatch()
+		if err := s.commitManifest(ctx, pb, &logEntry{Kind: entryState, State: st}, ""); err != nil {
+			errs = append(errs, fmt.Errorf("persist state: %w", err))
+		}
+		_ = pb.Close() // recycles the batch
+		cancel()
 	}
 	s.files.closeAll()
 	if err := s.db.Close(); err != nil {
@@ -593,6 +648,9 @@ func (s *Store) Advance(ctx context.Context, lsn LSN) error {
 	if s.batch != nil {
 		return fmt.Errorf("advance: %w", ErrBusy)
 	}
+	if !s.isWriterLocked() {
+		return fmt.Errorf("advance: %w", ErrNotWriter)
+	}
 	if lsn > s.lsn {
 		s.setLSNLocked(lsn)
 	}
@@ -610,6 +668,8 @@ func (s *Store) stateLocked() stateMeta {
 		Slot:         s.slot,
 		Epoch:        s.cur.epoch,
 		ID:           s.id,
+		Term:         s.term,
+		Writer:       s.writerID,
 	}
 }
 
@@ -623,9 +683,15 @@ func (s *Store) persistState(force bool) error {
 		s.mu.Unlock()
 		return nil
 	}
+	if !s.isWriterLocked() {
+		s.mu.Unlock()
+		return nil
+	}
 	st := s.stateLocked()
 	s.mu.Unlock()
-	if err := s.db.Set([]byte(keyState), mustJSON(st), pebble.Sync); err != nil {
+	pb := s.db.NewBatch()
+	defer pb.Close() // recycles the batch; committed or not
+	if err := s.commitManifest(s.life, pb, &logEntry{Kind: entryState, State: st}, ""); err != nil {
 		return fmt.Errorf("persist state: %w", err)
 	}
 	s.mu.Lock()
@@ -732,6 +798,14 @@ func (s *Store) removeFiles(names []string) {
 	}
 	for _, n := range names {
 		s.files.evict(n)
+		if s.sh != nil {
+			// Only the cached copy: the writer deletes the bucket's after
+			// SharedOptions.DeleteDelay, for readers on other replicas.
+			if err := s.sh.objs.dropLocal(n); err != nil {
+				s.log.Warn("remove cached data file", "err", err, "file", n)
+			}
+			continue
+		}
 		if err := s.objs.Remove(n); err != nil {
 			s.log.Warn("remove obsolete data file", "err", err, "file", n)
 		}
@@ -781,7 +855,7 @@ func (s *Store) background(ctx context.Context) {
 		if err := s.persistState(false); err != nil {
 			s.log.Error("persist applied position", "err", err)
 		}
-		for ctx.Err() == nil && !s.opts.NoCompaction {
+		for ctx.Err() == nil && !s.opts.NoCompaction && s.isWriter() {
 			did, err := s.compactOnce(ctx, false)
 			if err != nil {
 				if ctx.Err() == nil && !s.dead.Load() {
