@@ -190,16 +190,16 @@ type shared struct {
 	lastCkpt uint64 // the newest checkpoint written or read
 	idxPos   uint64
 	idxQueue []*logEntry // applied entries whose index effects are pending
-	idxGap   bool // the index must be rebuilt from the current version
+	idxGap   bool        // the index must be rebuilt from the current version
 	// lastReloadCheck is when a follower last looked for a newer checkpoint.
 	lastReloadCheck time.Time
 	lastMaintain    time.Time
 	orphansDone     bool // this term's writer removed earlier terms' orphans
 
 	// Guarded by Store.mu:
-	writer   bool
-	myTerm   uint64        // the term this store acquired
-	
+	writer bool
+	myTerm uint64 // the term this store acquired
+
 	pending  []obsoleteRec // files to delete from the bucket once past DeleteDelay
 	lastPoll time.Time     // a follower's last successful read of the log
 }

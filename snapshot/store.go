@@ -96,11 +96,11 @@ type Store struct {
 	writerID  string
 	entryN    uint64
 	idxBehind int
-	pinned      int
-	commits     int64
-	merges      int64
-	folds       int64
-	spilled     int64
+	pinned    int
+	commits   int64
+	merges    int64
+	folds     int64
+	spilled   int64
 
 	// sh is the state of shared staging; nil for local staging.
 	sh *shared
