@@ -43,6 +43,9 @@ type Config struct {
 	// reconnection attempts (default 500ms and 30s).
 	ReconnectMin time.Duration
 	ReconnectMax time.Duration
+	// StandbyPoll is how often a standby of shared staging checks whether it
+	// may take over as the writer (default 250ms).
+	StandbyPoll time.Duration
 }
 
 var identRE = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
@@ -82,6 +85,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.ReconnectMax <= 0 {
 		cfg.ReconnectMax = 30 * time.Second
+	}
+	if cfg.StandbyPoll <= 0 {
+		cfg.StandbyPoll = 250 * time.Millisecond
 	}
 	var errs []error
 	if cfg.ConnString == "" {

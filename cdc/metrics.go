@@ -18,6 +18,7 @@ type metrics struct {
 	snapshots          prometheus.Counter
 	snapshotRows       *prometheus.CounterVec
 	reconnects         prometheus.Counter
+	takeovers          prometheus.Counter
 	connected          prometheus.Gauge
 	heartbeatsSent     prometheus.Counter
 	heartbeatsReceived prometheus.Counter
@@ -60,6 +61,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		snapshotRows: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "exportd_snapshot_rows_total", Help: "Rows copied by initial snapshots, by table.",
 		}, []string{"table"}),
+		takeovers: f.NewCounter(prometheus.CounterOpts{
+			Name: "exportd_replication_takeovers_total", Help: "Times this replica, a standby of shared staging, took over as the staging writer.",
+		}),
 		reconnects: f.NewCounter(prometheus.CounterOpts{
 			Name: "exportd_replication_reconnects_total", Help: "Replication sessions that ended in an error and were retried.",
 		}),

@@ -24,6 +24,7 @@ type Replicator struct {
 	metrics *metrics
 
 	connected   atomic.Bool
+	standby     atomic.Bool
 	progress    atomic.Pointer[loadProgress]
 	forceResnap atomic.Bool
 	lagBytes    atomic.Int64
@@ -153,8 +154,15 @@ func (r *Replicator) Run(ctx context.Context) error {
 }
 
 // session checks the setup, takes a fresh snapshot when staging cannot
-// continue from the slot, then streams until an error or ctx ends.
+// continue from the slot, then streams until an error or ctx ends. In
+// shared staging a standby first waits until it may take over as the
+// writer.
 func (r *Replicator) session(ctx context.Context) error {
+	if sh := r.store.Shared(); sh.Shared && !sh.Writer {
+		if err := r.takeOver(ctx); err != nil {
+			return err
+		}
+	}
 	conn, err := r.connect(ctx)
 	if err != nil {
 		return err
@@ -205,6 +213,42 @@ func (r *Replicator) session(ctx context.Context) error {
 	g.Go(func() error { return r.monitor(gctx, conn) })
 	return g.Wait()
 }
+
+// takeOver waits, as a standby of shared staging, until the staging writer
+// (another replica) is gone, and becomes the writer. It returns ctx's error
+// if ctx ends first.
+func (r *Replicator) takeOver(ctx context.Context) error {
+	r.standby.Store(true)
+	defer r.standby.Store(false)
+	waiting := false
+	for {
+		err := r.store.Acquire(ctx)
+		if err == nil {
+			if waiting {
+				r.metrics.takeovers.Inc()
+			}
+			return nil
+		}
+		if !errors.Is(err, snapshot.ErrWriterAlive) {
+			return fmt.Errorf("take over staging: %w", err)
+		}
+		if !waiting {
+			r.log.Info("standby: another replica is the staging writer; waiting to take over", "writer", r.store.Shared().WriterID)
+			waiting = true
+		}
+		t := time.NewTimer(r.cfg.StandbyPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Standby reports whether this replica waits to take over as the staging
+// writer (shared staging).
+func (r *Replicator) Standby() bool { return r.standby.Load() }
 
 // resnapshotReason says why staging cannot continue from the slot, or "".
 func (r *Replicator) resnapshotReason(slot slotInfo, tables []snapshot.TableSchema) string {

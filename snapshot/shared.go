@@ -86,6 +86,9 @@ type SharedOptions struct {
 	// CheckpointEvery is how many log entries the writer appends between
 	// checkpoints (default 100).
 	CheckpointEvery int
+	// WriterAlive, if set, reports whether another replica is alive: Acquire
+	// refuses (ErrWriterAlive) to take over from a writer that is.
+	WriterAlive func(replicaID string) bool
 }
 
 const (
@@ -116,6 +119,10 @@ var ErrFenced = errors.New("another replica took over as the staging writer")
 // ErrNotWriter is returned by writes to shared staging on a replica that is
 // not the writer (see Store.Acquire).
 var ErrNotWriter = errors.New("this replica is not the staging writer")
+
+// ErrWriterAlive is returned by Acquire while the current writer, another
+// replica, is alive (SharedOptions.WriterAlive).
+var ErrWriterAlive = errors.New("the staging writer is alive")
 
 // Entry kinds.
 const (
@@ -827,10 +834,10 @@ func (s *Store) writeSharedMeta(idxPos uint64) error {
 
 // Acquire makes this store the writer of shared staging (it does nothing in
 // local staging, where the store always is). It reads the log to its end,
-// brings the key-to-tenant index up to date, and appends an entry that
-// starts a new term: from then on a writer of an earlier term cannot
-// commit. Call it only while holding what elects the writer (the
-// replication slot); the caller then streams from State().LSN.
+// refuses while the current writer is alive (ErrWriterAlive, see
+// SharedOptions.WriterAlive), brings the key-to-tenant index up to date, and
+// appends an entry that starts a new term: from then on a writer of an
+// earlier term cannot commit. The caller then streams from State().LSN.
 func (s *Store) Acquire(ctx context.Context) error {
 	if s.sh == nil {
 		return nil
@@ -861,12 +868,15 @@ func (s *Store) Acquire(ctx context.Context) error {
 		if err := s.reloadIfOvertakenLocked(ctx); err != nil {
 			return fmt.Errorf("acquire staging: %w", err)
 		}
-		if err := s.catchUpIndexLocked(ctx); err != nil {
-			return fmt.Errorf("acquire staging: %w", err)
-		}
 		s.mu.Lock()
 		st := s.stateLocked()
 		s.mu.Unlock()
+		if w := st.Writer; w != "" && w != sh.opts.ReplicaID && sh.opts.WriterAlive != nil && sh.opts.WriterAlive(w) {
+			return fmt.Errorf("acquire staging from %s (term %d): %w", w, st.Term, ErrWriterAlive)
+		}
+		if err := s.catchUpIndexLocked(ctx); err != nil {
+			return fmt.Errorf("acquire staging: %w", err)
+		}
 		st.Term++
 		st.Writer = sh.opts.ReplicaID
 		if st.ID == "" {

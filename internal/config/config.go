@@ -46,7 +46,12 @@ type Config struct {
 
 	HTTP     HTTP     `yaml:"http"`
 	Postgres Postgres `yaml:"postgres"`
-	Export   Export   `yaml:"export"`
+	// Staging says where staging lives: in state_dir for one replica, or
+	// in a bucket that several replicas share.
+	Staging Staging `yaml:"staging"`
+	// Cluster configures the replicas that share staging.
+	Cluster Cluster `yaml:"cluster"`
+	Export  Export  `yaml:"export"`
 	// Files is the platform's object store, where the attachments that
 	// exports include are read from. exportd never writes to it.
 	Files Store `yaml:"files"`
@@ -91,6 +96,45 @@ type Postgres struct {
 	Heartbeat time.Duration `yaml:"heartbeat"`
 	// FlushInterval bounds how long applied changes wait to become durable.
 	FlushInterval time.Duration `yaml:"flush_interval"`
+}
+
+// Staging backends.
+const (
+	StagingLocal = "local"
+	StagingS3    = "s3"
+	StagingFS    = "fs"
+)
+
+// Staging is where staging lives. With backend s3 (or fs, a directory
+// every replica mounts, for demos and tests on one machine) it is shared:
+// data files, the manifest log, request states and the replicas'
+// heartbeats live in the bucket, and state_dir only caches files.
+type Staging struct {
+	// Backend is local, s3 or fs; only the section of the backend may be set.
+	Backend string  `yaml:"backend"`
+	FS      FSStore `yaml:"fs"`
+	S3      S3      `yaml:"s3"`
+	// PollInterval is how often a replica that is not the writer looks for
+	// the writer's newest staging version.
+	PollInterval time.Duration `yaml:"poll_interval"`
+	// DeleteDelay is how long files a staging version stopped using stay
+	// in the bucket for exports on other replicas that still read them.
+	DeleteDelay time.Duration `yaml:"delete_delay"`
+}
+
+// Shared reports whether staging is shared by several replicas.
+func (s Staging) Shared() bool { return s.Backend == StagingS3 || s.Backend == StagingFS }
+
+// Cluster configures the replicas that share staging.
+type Cluster struct {
+	// ReplicaID names this replica; it must be unique and stable across
+	// restarts (a StatefulSet's pod name). Default: the host name.
+	ReplicaID string `yaml:"replica_id"`
+	// Heartbeat is how often a replica writes its heartbeat; TTL is how
+	// long a replica's heartbeat may stand still before the others take
+	// over its work (the slot, its requests).
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	TTL       time.Duration `yaml:"ttl"`
 }
 
 // Export configures the rendering of exports.
@@ -241,6 +285,16 @@ func Default() *Config {
 			Heartbeat:     10 * time.Second,
 			FlushInterval: 200 * time.Millisecond,
 		},
+		Staging: Staging{
+			Backend:      StagingLocal,
+			S3:           s3,
+			PollInterval: 200 * time.Millisecond,
+			DeleteDelay:  time.Hour,
+		},
+		Cluster: Cluster{
+			Heartbeat: time.Second,
+			TTL:       5 * time.Second,
+		},
 		Export: Export{
 			LinkTTL:          storage.DefaultLinkTTL,
 			CompressionLevel: 1,
@@ -303,6 +357,11 @@ func load(path string, data []byte, env func(string) string) (*Config, error) {
 func (c *Config) derive() {
 	if c.src.origin("http.public_url") == "" {
 		c.HTTP.PublicURL = defaultPublicURL(c.HTTP.Addr)
+	}
+	if c.src.origin("cluster.replica_id") == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Cluster.ReplicaID = h
+		}
 	}
 }
 

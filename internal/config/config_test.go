@@ -142,6 +142,8 @@ func TestLoadValid(t *testing.T) {
 	want.Publish.FS.Dir = "/srv/exports"
 	want.Publish.LinkSecret = testLinkSecret
 	want.HTTP.PublicURL = "http://127.0.0.1:8080"
+	want.Cluster.ReplicaID, err = os.Hostname()
+	require.NoError(t, err)
 	want.src = c.src
 	require.Equal(t, want, c)
 }

@@ -46,6 +46,11 @@ func secretConfig(t *testing.T) (*Config, []string) {
 			"secret_access_key": "files-secret-key-6502", "session_token": "files-session-token-6809",
 		}},
 		"publish": map[string]any{"fs": nil},
+		"staging": map[string]any{"backend": "s3", "s3": map[string]any{
+			"bucket": "s", "access_key_id": "AKIASTAGING",
+			"secret_access_key": "staging-secret-key-6800", "session_token": "staging-session-token-1802",
+		}},
+		"cluster": map[string]any{"replica_id": "exportd-0"},
 		"smtp": map[string]any{
 			"addr": "smtp.example.com:465", "from": "exports@example.com", "tls": "tls",
 			"username": "exportd", "password": "smtp-password-8086",
@@ -63,6 +68,7 @@ func secretConfig(t *testing.T) (*Config, []string) {
 		testPGURL, "pg-password-31337", testLinkSecret,
 		"files-secret-key-6502", "files-session-token-6809",
 		"publish-secret-key-z80", "publish-session-token-68000",
+		"staging-secret-key-6800", "staging-session-token-1802",
 		"smtp-password-8086",
 	}
 	// Every secret of the Config is set, to one of secrets.

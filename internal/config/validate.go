@@ -43,6 +43,8 @@ func (c *Config) Validate() error {
 	v.oneOf("log_format", c.LogFormat, logFormats...)
 	v.http()
 	v.postgres()
+	v.staging()
+	v.cluster()
 	v.export()
 	v.store("files", c.Files)
 	v.publish()
@@ -221,23 +223,26 @@ func (v *validator) export() {
 }
 
 // store checks the store at key.
-func (v *validator) store(key string, s Store) {
+func (v *validator) store(key string, s Store) { v.storeTyped(key, key+".type", s) }
+
+// storeTyped checks the store at key whose type typeKey sets.
+func (v *validator) storeTyped(key, typeKey string, s Store) {
 	def := Default().Files
 	switch s.Type {
 	case "":
-		v.errorf(key+".type", "required: %s or %s", StoreFS, StoreS3)
+		v.errorf(typeKey, "required: %s or %s", StoreFS, StoreS3)
 	case StoreFS:
 		v.required(key+".fs.dir", s.FS.Dir)
 		if s.S3 != def.S3 {
-			v.errorf(v.firstSet(key+".s3"), "set, but %s.type is %s", key, s.Type)
+			v.errorf(v.firstSet(key+".s3"), "set, but %s is %s", typeKey, s.Type)
 		}
 	case StoreS3:
 		v.s3(key+".s3", s.S3)
 		if s.FS != def.FS {
-			v.errorf(v.firstSet(key+".fs"), "set, but %s.type is %s", key, s.Type)
+			v.errorf(v.firstSet(key+".fs"), "set, but %s is %s", typeKey, s.Type)
 		}
 	default:
-		v.errorf(key+".type", "%q is not %q or %q", s.Type, StoreFS, StoreS3)
+		v.errorf(typeKey, "%q is not %q or %q", s.Type, StoreFS, StoreS3)
 	}
 }
 
@@ -276,6 +281,43 @@ func (v *validator) s3(key string, s S3) {
 	}
 	v.atLeast(key+".concurrency", int64(s.Concurrency), 1)
 }
+
+func (v *validator) staging() {
+	st := v.c.Staging
+	def := Default().Staging
+	switch st.Backend {
+	case StagingLocal:
+		if st.S3 != def.S3 {
+			v.errorf(v.firstSet("staging.s3"), "set, but staging.backend is %s", st.Backend)
+		}
+		if st.FS != def.FS {
+			v.errorf(v.firstSet("staging.fs"), "set, but staging.backend is %s", st.Backend)
+		}
+	case StagingS3, StagingFS:
+		v.storeTyped("staging", "staging.backend", Store{Type: st.Backend, FS: st.FS, S3: st.S3})
+	default:
+		v.errorf("staging.backend", "%q is not %s, %s or %s", st.Backend, StagingLocal, StagingS3, StagingFS)
+	}
+	v.positive("staging.poll_interval", st.PollInterval)
+	v.positive("staging.delete_delay", st.DeleteDelay)
+}
+
+func (v *validator) cluster() {
+	c := v.c.Cluster
+	v.positive("cluster.heartbeat", c.Heartbeat)
+	v.positive("cluster.ttl", c.TTL)
+	if c.Heartbeat > 0 && c.TTL <= 2*c.Heartbeat {
+		v.errorf("cluster.ttl", "%s must be more than twice cluster.heartbeat (%s)", fmtDuration(c.TTL), fmtDuration(c.Heartbeat))
+	}
+	if !v.c.Staging.Shared() {
+		return
+	}
+	if v.required("cluster.replica_id", c.ReplicaID) && !replicaIDRE.MatchString(c.ReplicaID) {
+		v.errorf("cluster.replica_id", "%q: use letters, digits, '.', '_' and '-' (at most 128)", c.ReplicaID)
+	}
+}
+
+var replicaIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 func (v *validator) publish() {
 	p := v.c.Publish
