@@ -90,6 +90,7 @@ type ServiceMetrics struct {
 	oldest      prometheus.Gauge
 	fence       prometheus.Histogram
 	emails      *prometheus.CounterVec
+	takeovers   prometheus.Counter
 }
 
 // NewServiceMetrics registers the request service's metrics on reg (nil:
@@ -139,6 +140,10 @@ func NewServiceMetrics(reg prometheus.Registerer) *ServiceMetrics {
 			Name: "exportd_emails_total",
 			Help: "Notification emails, by outcome (sent, error).",
 		}, []string{"outcome"}),
+		takeovers: f.NewCounter(prometheus.CounterOpts{
+			Name: "exportd_requests_taken_over_total",
+			Help: "Unfinished requests this replica took over from a replica that was gone.",
+		}),
 	}
 }
 
@@ -149,6 +154,12 @@ func (m *ServiceMetrics) get() *serviceMetrics { return &serviceMetrics{m: m} }
 func (s *serviceMetrics) message(outcome string) {
 	if s.m != nil {
 		s.m.messages.WithLabelValues(outcome).Inc()
+	}
+}
+
+func (s *serviceMetrics) takeover() {
+	if s.m != nil {
+		s.m.takeovers.Inc()
 	}
 }
 

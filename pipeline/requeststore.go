@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -69,6 +70,12 @@ type RequestRecord struct {
 	// Outbox holds events recorded with a state change but not yet
 	// published (see Service.transition).
 	Outbox []Event `json:"outbox,omitempty"`
+	// Owner is the replica that processes the request (shared request
+	// store); "" in a single replica's store.
+	Owner string `json:"owner,omitempty"`
+	// etag is the version of the record as read from or written to the
+	// shared store (compare-and-swap); not stored.
+	etag string
 }
 
 // Keys in pebble:
@@ -85,8 +92,8 @@ const (
 )
 
 // RequestStore keeps request records durably in pebble, indexed by tenant
-// and by state. It is safe for concurrent use; writes are serialised and
-// synced.
+// and by state, for one replica. It is safe for concurrent use; writes are
+// serialised and synced.
 type RequestStore struct {
 	db  *pebble.DB
 	now func() time.Time
@@ -163,11 +170,14 @@ func getRecord(r pebble.Reader, id string) (RequestRecord, bool, error) {
 	return rec, true, nil
 }
 
+var _ Requests = (*RequestStore)(nil)
+
 // Put writes rec, inserting or replacing the record of rec.Request.RequestID,
 // and keeps the indexes in step. UpdatedAt is set to the current time, and
-// CreatedAt too if it is zero. The write is synced before Put returns.
-func (s *RequestStore) Put(rec RequestRecord) error {
-	if err := checkRecord(&rec); err != nil {
+// CreatedAt too if it is zero, in the store and in rec. The write is synced
+// before Put returns. One replica owns the store: Put never conflicts.
+func (s *RequestStore) Put(rec *RequestRecord) error {
+	if err := checkRecord(rec); err != nil {
 		return err
 	}
 	if err := s.acquire(); err != nil {
@@ -187,12 +197,31 @@ func (s *RequestStore) Put(rec RequestRecord) error {
 	return s.writeLocked(prev, rec)
 }
 
+// Open returns the records of unfinished requests, in request id order.
+func (s *RequestStore) Open() ([]RequestRecord, error) {
+	var out []RequestRecord
+	for _, st := range []RequestState{StateReceived, StateAccepted, StateBlockedUnpaid, StateRendering,
+		StateCompleted, StateFailed, StateRejected, StateExpired} {
+		recs, err := s.ByState(st)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range recs {
+			if !finished(r) {
+				out = append(out, r)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b RequestRecord) int { return strings.Compare(a.Request.RequestID, b.Request.RequestID) })
+	return out, nil
+}
+
 // Create inserts rec if there is no record of its request id yet, and
 // reports whether it did; otherwise it returns the existing record and
 // writes nothing. This is the idempotency check on request ids: concurrent
 // Creates of one id create it once.
-func (s *RequestStore) Create(rec RequestRecord) (existing RequestRecord, created bool, err error) {
-	if err := checkRecord(&rec); err != nil {
+func (s *RequestStore) Create(rec *RequestRecord) (existing RequestRecord, created bool, err error) {
+	if err := checkRecord(rec); err != nil {
 		return RequestRecord{}, false, err
 	}
 	if err := s.acquire(); err != nil {
@@ -231,7 +260,7 @@ func checkRecord(rec *RequestRecord) error {
 }
 
 // writeLocked writes rec over prev (nil if none) in one synced batch.
-func (s *RequestStore) writeLocked(prev *RequestRecord, rec RequestRecord) error {
+func (s *RequestStore) writeLocked(prev *RequestRecord, rec *RequestRecord) error {
 	id := rec.Request.RequestID
 	rec.UpdatedAt = s.now().UTC()
 	if rec.CreatedAt.IsZero() {

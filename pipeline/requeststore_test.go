@@ -43,7 +43,7 @@ func TestRequestStoreSurvivesReopen(t *testing.T) {
 
 	exp := clock.Add(time.Hour)
 	rec := record("r1", "42", StateReceived)
-	_, created, err := s.Create(rec)
+	_, created, err := s.Create(&rec)
 	require.NoError(t, err)
 	require.True(t, created)
 
@@ -54,12 +54,12 @@ func TestRequestStoreSurvivesReopen(t *testing.T) {
 	rec.Result = &Event{Version: 1, Type: EventCompleted, RequestID: "r1", TenantID: "42", At: clock, ExpiresAt: &exp, MissingFiles: 3}
 	rec.CompletedEventSent = true
 	rec.CreatedAt = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
-	require.NoError(t, s.Put(rec))
+	require.NoError(t, s.Put(&rec))
 	require.NoError(t, s.Close())
 	require.NoError(t, s.Close(), "Close twice")
 	_, _, err = s.Get("r1")
 	require.ErrorIs(t, err, errStoreClosed)
-	require.ErrorIs(t, s.Put(rec), errStoreClosed)
+	require.ErrorIs(t, s.Put(&rec), errStoreClosed)
 
 	s = openStore(t, dir)
 	got, ok, err := s.Get("r1")
@@ -84,7 +84,7 @@ func TestRequestStoreIndexes(t *testing.T) {
 	s := openStore(t, t.TempDir())
 	put := func(id, tenant string, state RequestState) {
 		t.Helper()
-		require.NoError(t, s.Put(record(id, tenant, state)))
+		require.NoError(t, s.Put(ptr(record(id, tenant, state))))
 	}
 	check := func(wantTenant map[string][]string, wantState map[RequestState][]string) {
 		t.Helper()
@@ -131,11 +131,11 @@ func TestRequestStoreIndexes(t *testing.T) {
 
 func TestRequestStoreRejectsBadRecords(t *testing.T) {
 	s := openStore(t, t.TempDir())
-	require.Error(t, s.Put(record("", "1", StateReceived)))
-	require.Error(t, s.Put(record("a\x00b", "1", StateReceived)))
-	require.Error(t, s.Put(record("a", "1\x00", StateReceived)))
-	require.Error(t, s.Put(record("a", "1", "done")))
-	_, _, err := s.Create(record("a", "1", ""))
+	require.Error(t, s.Put(ptr(record("", "1", StateReceived))))
+	require.Error(t, s.Put(ptr(record("a\x00b", "1", StateReceived))))
+	require.Error(t, s.Put(ptr(record("a", "1\x00", StateReceived))))
+	require.Error(t, s.Put(ptr(record("a", "1", "done"))))
+	_, _, err := s.Create(ptr(record("a", "1", "")))
 	require.Error(t, err)
 	recs, err := s.ByTenant("1")
 	require.NoError(t, err)
@@ -157,7 +157,7 @@ func TestRequestStoreCreateOnce(t *testing.T) {
 			wg.Go(func() {
 				rec := record(id, "42", StateReceived)
 				rec.Request.RequestedBy = fmt.Sprint(w)
-				existing, ok, err := s.Create(rec)
+				existing, ok, err := s.Create(&rec)
 				require.NoError(t, err)
 				mu.Lock()
 				defer mu.Unlock()
@@ -194,7 +194,7 @@ func TestRequestStoreConcurrentPutsKeepIndexes(t *testing.T) {
 		wg.Go(func() {
 			for i := range 10 {
 				rec := record(fmt.Sprintf("r%d", i%3), "7", states[(w+i)%len(states)])
-				require.NoError(t, s.Put(rec))
+				require.NoError(t, s.Put(&rec))
 				_, err := s.ByState(rec.State)
 				require.NoError(t, err)
 			}
@@ -209,3 +209,5 @@ func TestRequestStoreConcurrentPutsKeepIndexes(t *testing.T) {
 	}
 	require.Equal(t, 3, total, "each record is in exactly one state index")
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -41,6 +41,17 @@ type ServiceConfig struct {
 	// MaxMessageBytes is the largest request message accepted (default and
 	// at most MaxRequestBytes); larger ones are dead-lettered.
 	MaxMessageBytes int
+	// Peers, if set, are the other replicas sharing the request store
+	// (a SharedRequestStore): each request is processed by the replica
+	// that recorded it, and the others take over its unfinished requests
+	// when it is no longer alive, looking for them every ClaimInterval
+	// (default 5s).
+	Peers         Peers
+	ClaimInterval time.Duration
+	// PublishMargin: with Peers, the completed event is published only
+	// while this replica's lease holds for at least this long (default
+	// 2s); a publication that takes longer is abandoned and retried.
+	PublishMargin time.Duration
 }
 
 func (c ServiceConfig) withDefaults() ServiceConfig {
@@ -74,6 +85,12 @@ func (c ServiceConfig) withDefaults() ServiceConfig {
 	if c.MaxMessageBytes <= 0 || c.MaxMessageBytes > MaxRequestBytes {
 		c.MaxMessageBytes = MaxRequestBytes
 	}
+	if c.ClaimInterval <= 0 {
+		c.ClaimInterval = 5 * time.Second
+	}
+	if c.PublishMargin <= 0 {
+		c.PublishMargin = 2 * time.Second
+	}
 	return c
 }
 
@@ -96,7 +113,8 @@ type Staging interface {
 // outcome exactly once.
 type Service struct {
 	cfg      ServiceConfig
-	store    *RequestStore
+	store    Requests
+	peers    Peers // nil: this replica serves every request
 	staging  Staging
 	fencer   Fencer
 	exporter *Exporter
@@ -115,7 +133,7 @@ type Service struct {
 }
 
 // NewService returns a Service. notifier and m may be nil.
-func NewService(cfg ServiceConfig, store *RequestStore, staging Staging, fencer Fencer, exporter *Exporter, spec *Spec, notifier Notifier, logger *slog.Logger, m *ServiceMetrics) (*Service, error) {
+func NewService(cfg ServiceConfig, store Requests, staging Staging, fencer Fencer, exporter *Exporter, spec *Spec, notifier Notifier, logger *slog.Logger, m *ServiceMetrics) (*Service, error) {
 	cfg = cfg.withDefaults()
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("request service: no Kafka brokers")
@@ -130,7 +148,7 @@ func NewService(cfg ServiceConfig, store *RequestStore, staging Staging, fencer 
 			BatchTimeout: 5 * time.Millisecond, MaxAttempts: 5, AllowAutoTopicCreation: false, Transport: transport}
 	}
 	return &Service{
-		cfg: cfg, store: store, staging: staging, fencer: fencer, exporter: exporter, spec: spec,
+		cfg: cfg, store: store, peers: cfg.Peers, staging: staging, fencer: fencer, exporter: exporter, spec: spec,
 		notifier: notifier, logger: logger.With("component", "requests"), m: m.get(), now: time.Now,
 		transport: transport, results: writer(cfg.ResultTopic), dlq: writer(cfg.DeadLetterTopic),
 		client: &kafka.Client{Addr: addr, Timeout: 10 * time.Second, Transport: transport},
@@ -160,6 +178,13 @@ func (s *Service) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.watchParked(ctx)
 	}()
+	if s.peers != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.watchOrphans(ctx)
+		}()
+	}
 	err := s.consume(ctx)
 	s.sched.close()
 	wg.Wait()
@@ -169,8 +194,23 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-// resume queues every request that an earlier run left unfinished.
+// resume queues every request that an earlier run left unfinished: with
+// peers, this replica's own and those of replicas that are gone.
 func (s *Service) resume() error {
+	if s.peers != nil {
+		recs, err := s.store.Open()
+		if err != nil {
+			return fmt.Errorf("resume requests: %w", err)
+		}
+		for _, r := range recs {
+			if s.mine(r) || !s.peers.Alive(r.Owner) {
+				s.logger.Info("resuming request", "request_id", r.Request.RequestID, "tenant", r.Request.TenantID, "state", r.State, "owner", r.Owner)
+				s.sched.add(r.Request.RequestID, r.Request.TenantID)
+			}
+		}
+		s.updateParked()
+		return nil
+	}
 	for _, st := range []RequestState{StateReceived, StateAccepted, StateRendering, StateCompleted,
 		StateBlockedUnpaid, StateRejected, StateFailed, StateExpired} {
 		recs, err := s.store.ByState(st)
@@ -275,7 +315,7 @@ func (s *Service) handle(ctx context.Context, msg kafka.Message) error {
 			"partition", msg.Partition, "offset", msg.Offset)
 		return nil
 	}
-	existing, created, err := s.store.Create(RequestRecord{Request: req, State: StateReceived, CreatedAt: s.now().UTC()})
+	existing, created, err := s.store.Create(&RequestRecord{Request: req, State: StateReceived, CreatedAt: s.now().UTC(), Owner: s.self()})
 	if err != nil {
 		return err
 	}
@@ -313,14 +353,79 @@ func (s *Service) process(ctx context.Context, id string) {
 		return
 	}
 	log := s.logger.With("request_id", id, "tenant", rec.Request.TenantID)
+	if !s.mine(rec) {
+		if !s.claim(log, &rec) {
+			return
+		}
+	}
 	if err := s.advance(ctx, log, &rec); err != nil {
 		if ctx.Err() != nil {
 			return // shutting down: the state is durable and resumes on restart
+		}
+		if errors.Is(err, ErrConflict) {
+			log.Info("request taken over by another replica", "err", err)
+			return
 		}
 		log.Error("process request: will retry", "err", err, "in", retryDelay)
 		s.sched.addLater(id, rec.Request.TenantID, retryDelay)
 	}
 	s.updateParked()
+}
+
+// self is this replica's id as a request owner ("" without peers).
+func (s *Service) self() string {
+	if s.peers == nil {
+		return ""
+	}
+	return s.peers.ID()
+}
+
+// mine reports whether this replica processes rec.
+func (s *Service) mine(rec RequestRecord) bool {
+	return s.peers == nil || rec.Owner == s.peers.ID()
+}
+
+// claim takes over rec from its owner if that replica is gone, and reports
+// whether this replica now owns it.
+func (s *Service) claim(log *slog.Logger, rec *RequestRecord) bool {
+	if s.peers.Alive(rec.Owner) {
+		return false // the owner processes it
+	}
+	prev := rec.Owner
+	rec.Owner = s.peers.ID()
+	if err := s.store.Put(rec); err != nil {
+		if !errors.Is(err, ErrConflict) {
+			log.Warn("take over request", "err", err, "owner", prev)
+		}
+		return false
+	}
+	s.m.takeover()
+	log.Info("took over the request of a replica that is gone", "owner", prev, "state", rec.State)
+	return true
+}
+
+// watchOrphans looks, every ClaimInterval, for unfinished requests whose
+// owner is gone, and queues them: process takes them over.
+func (s *Service) watchOrphans(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ClaimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		recs, err := s.store.Open()
+		if err != nil {
+			s.logger.Warn("list unfinished requests", "err", err)
+			continue
+		}
+		for _, r := range recs {
+			if !s.mine(r) && !s.peers.Alive(r.Owner) {
+				s.sched.add(r.Request.RequestID, r.Request.TenantID)
+			}
+		}
+	}
 }
 
 // retryDelay is how long a request whose processing hit an error (the
@@ -390,7 +495,7 @@ func (s *Service) fence(ctx context.Context, log *slog.Logger, rec *RequestRecor
 		}
 		fence = l
 		rec.Fence = l.String()
-		if err := s.store.Put(*rec); err != nil {
+		if err := s.store.Put(rec); err != nil {
 			return nil, err
 		}
 	}
@@ -478,7 +583,7 @@ func (s *Service) gateAndRender(ctx context.Context, log *slog.Logger, rec *Requ
 	rec.State, rec.Reason = StateRendering, ""
 	rec.Attempts++
 	rec.Fence = maxLSN(rec.Fence, v.LSN())
-	if err := s.store.Put(*rec); err != nil {
+	if err := s.store.Put(rec); err != nil {
 		return err
 	}
 	start := s.now()
@@ -508,7 +613,7 @@ func (s *Service) gateAndRender(ctx context.Context, log *slog.Logger, rec *Requ
 		e.LSN = m.LSN
 	})
 	rec.State, rec.Result = StateCompleted, &ev
-	if err := s.store.Put(*rec); err != nil {
+	if err := s.store.Put(rec); err != nil {
 		return err
 	}
 	return s.announceCompleted(ctx, log, rec)
@@ -530,7 +635,7 @@ func (s *Service) announceCompleted(ctx context.Context, log *slog.Logger, rec *
 		if found {
 			log.Info("completed event was already published")
 			rec.CompletedEventSent = true
-			return s.store.Put(*rec)
+			return s.store.Put(rec)
 		}
 	} else {
 		offs, err := s.endOffsets(ctx)
@@ -538,21 +643,37 @@ func (s *Service) announceCompleted(ctx context.Context, log *slog.Logger, rec *
 			return err
 		}
 		rec.ResultOffsets = offs
-		if err := s.store.Put(*rec); err != nil {
+		if err := s.store.Put(rec); err != nil {
 			return err
 		}
 	}
-	if err := s.publish(ctx, *rec.Result); err != nil {
+	if err := s.publishCompleted(ctx, *rec.Result); err != nil {
 		return err
 	}
 	rec.CompletedEventSent = true
-	if err := s.store.Put(*rec); err != nil {
+	if err := s.store.Put(rec); err != nil {
 		return err
 	}
 	s.m.outcome(string(StateCompleted))
 	log.Info("export completed", "master_url_expires", rec.Result.ExpiresAt, "missing_files", rec.Result.MissingFiles)
 	s.notify(ctx, log, rec, *rec.Result)
 	return nil
+}
+
+// publishCompleted publishes a completed event. With peers, only while
+// this replica's lease holds for PublishMargin, and within it: a replica
+// that takes over the request later (looking for the event after
+// ResultOffsets) must find it if it was published.
+func (s *Service) publishCompleted(ctx context.Context, ev Event) error {
+	if s.peers == nil {
+		return s.publish(ctx, ev)
+	}
+	if !s.peers.Lease(s.cfg.PublishMargin) {
+		return errors.New("publish completed event: this replica's lease is about to lapse")
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishMargin/2)
+	defer cancel()
+	return s.publish(pctx, ev)
 }
 
 // transition records rec's new state together with its event in the
@@ -562,7 +683,7 @@ func (s *Service) announceCompleted(ctx context.Context, log *slog.Logger, rec *
 // announceCompleted, exactly once).
 func (s *Service) transition(ctx context.Context, rec *RequestRecord, ev Event) error {
 	rec.Outbox = append(rec.Outbox, ev)
-	if err := s.store.Put(*rec); err != nil {
+	if err := s.store.Put(rec); err != nil {
 		return err
 	}
 	return s.flushOutbox(ctx, rec)
@@ -579,7 +700,7 @@ func (s *Service) flushOutbox(ctx context.Context, rec *RequestRecord) error {
 		}
 	}
 	rec.Outbox = nil
-	return s.store.Put(*rec)
+	return s.store.Put(rec)
 }
 
 // fail records the request as failed and announces it.
@@ -665,7 +786,9 @@ func (s *Service) watchParked(ctx context.Context) {
 			continue
 		}
 		for _, r := range recs {
-			s.sched.add(r.Request.RequestID, r.Request.TenantID)
+			if s.mine(r) {
+				s.sched.add(r.Request.RequestID, r.Request.TenantID)
+			}
 		}
 		s.updateParked()
 	}
@@ -677,10 +800,14 @@ func (s *Service) updateParked() {
 		return
 	}
 	var oldest time.Duration
+	n := 0
 	for _, r := range recs {
-		oldest = max(oldest, s.now().Sub(r.CreatedAt))
+		if s.mine(r) {
+			oldest = max(oldest, s.now().Sub(r.CreatedAt))
+			n++
+		}
 	}
-	s.m.parked(len(recs), oldest)
+	s.m.parked(n, oldest)
 }
 
 // event builds an event about rec.

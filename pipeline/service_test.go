@@ -252,7 +252,9 @@ func TestServiceInvoiceGate(t *testing.T) {
 	se.broker.Produce(t, requestTopic, []byte("2"), requestJSON("gate-1", 2, se.admin(t, 2), ""))
 	blocked := se.waitEvent(t, "gate-1", pipeline.EventBlockedUnpaid, time.Minute)
 	require.NotEmpty(t, blocked.OutstandingInvoices)
-	require.Equal(t, 1.0, metricValue(t, se.reg, "exportd_requests_parked", ""))
+	// The gauge is set after the event is published: wait for it.
+	require.Eventually(t, func() bool { return metricValue(t, se.reg, "exportd_requests_parked", "") == 1 },
+		10*time.Second, 10*time.Millisecond, "exportd_requests_parked reaches 1")
 	// Still blocked while staging moves on.
 	_, err := se.env.Admin.Exec(ctx, "INSERT INTO tasks (tenant_id, title) VALUES (2, 'unrelated')")
 	require.NoError(t, err)
