@@ -167,59 +167,12 @@ func entry(t *testing.T, zr *zip.Reader, name string) []byte {
 }
 
 // checkCSVs compares every CSV of the data bundle with PostgreSQL's COPY of
-// the same columns of the tenant's rows, with formula protection applied to
-// the production side as documented.
+// the same columns of the tenant's rows (oracle.CheckDataBundle).
 func checkCSVs(t *testing.T, ctx context.Context, conn *pgx.Conn, plan *pipeline.Plan, v *snapshot.Version, zr *zip.Reader, tenant string) int {
 	t.Helper()
-	total := 0
-	names := map[string]bool{"README.txt": true}
-	for _, f := range plan.Files {
-		names[f.Name] = true
-		ts, ok := v.Table(f.Table)
-		require.True(t, ok)
-		q := oracle.Query{Table: f.Table, Header: f.Header, TenantColumn: ts.Columns[ts.TenantColumn].Name, Tenant: tenant}
-		for _, c := range f.Columns {
-			q.Columns = append(q.Columns, ts.Columns[c].Name)
-		}
-		for _, k := range ts.KeyColumns {
-			q.Key = append(q.Key, ts.Columns[k].Name)
-		}
-		want, err := oracle.ExportCSV(ctx, conn, q)
-		require.NoError(t, err)
-		if plan.FormulaProtection {
-			want, err = oracle.Protect(want, f.Protect)
-			require.NoError(t, err)
-		}
-		if plan.BOM {
-			want = append([]byte("\xEF\xBB\xBF"), want...)
-		}
-		got := entry(t, zr, f.Name)
-		if !bytes.Equal(want, got) {
-			t.Fatalf("%s of tenant %s differs from production:\n%s", f.Name, tenant, firstDiff(got, want))
-		}
-		total += bytes.Count(want, []byte("\n")) - 1
-	}
-	for _, f := range zr.File {
-		require.True(t, names[f.Name], "unexpected entry %q in the data bundle", f.Name)
-	}
-	return total
-}
-
-func firstDiff(got, want []byte) string {
-	g, w := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
-	for i := range max(len(g), len(w)) {
-		var a, b string
-		if i < len(g) {
-			a = g[i]
-		}
-		if i < len(w) {
-			b = w[i]
-		}
-		if a != b {
-			return fmt.Sprintf("line %d:\n export:     %.300q\n production: %.300q", i+1, a, b)
-		}
-	}
-	return "(no line differs)"
+	n, err := oracle.CheckDataBundle(ctx, conn, plan, v.Table, zr, tenant)
+	require.NoError(t, err)
+	return n
 }
 
 // fileRow is an attachment row of production.

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/exportd/exportd/cdc"
+	"github.com/exportd/exportd/internal/cluster"
 	"github.com/exportd/exportd/internal/config"
 	"github.com/exportd/exportd/pipeline"
 	"github.com/exportd/exportd/snapshot"
@@ -32,14 +33,30 @@ const (
 	StagingDir = "staging"
 )
 
+// Key prefixes in the bucket of shared staging (staging.backend s3 or fs):
+// staging itself, request states, and the replicas' heartbeats
+// (cluster.DefaultPrefix).
+const (
+	SharedStagingPrefix  = "staging/"
+	SharedRequestsPrefix = "requests/"
+)
+
+// sharedBucket is the store shared staging lives in: storage.S3 or
+// storage.FS.
+type sharedBucket interface {
+	storage.Store
+	storage.Conditional
+}
+
 // Daemon is a configured exportd, ready to run.
 type Daemon struct {
 	cfg       *config.Config
 	logger    *slog.Logger
 	reg       *prometheus.Registry
 	staging   *snapshot.Store
+	members   *cluster.Members // nil: staging is local
 	repl      *cdc.Replicator
-	requests  *pipeline.RequestStore
+	requests  pipeline.Requests
 	fencer    *cdc.Fencer
 	svc       *pipeline.Service // nil without Kafka
 	exporter  *pipeline.Exporter
@@ -63,12 +80,30 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Daemo
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	d.staging, err = snapshot.Open(ctx, filepath.Join(cfg.StateDir, StagingDir), snapshot.Options{Logger: logger, Registerer: d.reg})
+	sopts := snapshot.Options{Logger: logger, Registerer: d.reg}
+	var bucket sharedBucket
+	if cfg.Staging.Shared() {
+		if bucket, err = d.openSharedBucket(ctx); err != nil {
+			return nil, err
+		}
+		c := cfg.Cluster
+		d.members, err = cluster.New(bucket, cluster.Config{ID: c.ReplicaID, Interval: c.Heartbeat, TTL: c.TTL}, logger, d.reg)
+		if err != nil {
+			return nil, err
+		}
+		sopts.Shared = &snapshot.SharedOptions{Bucket: bucket, Prefix: SharedStagingPrefix, ReplicaID: c.ReplicaID,
+			PollInterval: cfg.Staging.PollInterval, DeleteDelay: cfg.Staging.DeleteDelay, WriterAlive: d.members.Alive}
+	}
+	d.staging, err = snapshot.Open(ctx, filepath.Join(cfg.StateDir, StagingDir), sopts)
 	if err != nil {
 		return nil, fmt.Errorf("open staging: %w", err)
 	}
 	d.closers = append(d.closers, d.staging)
-	d.requests, err = pipeline.OpenRequestStore(filepath.Join(cfg.StateDir, pipeline.RequestStoreDir))
+	if bucket != nil {
+		d.requests, err = pipeline.OpenSharedRequestStore(ctx, bucket, SharedRequestsPrefix)
+	} else {
+		d.requests, err = pipeline.OpenRequestStore(filepath.Join(cfg.StateDir, pipeline.RequestStoreDir))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open request store: %w", err)
 	}
@@ -84,6 +119,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Daemo
 		CopyWorkers:       pg.CopyWorkers,
 		HeartbeatInterval: pg.Heartbeat,
 		FlushInterval:     pg.FlushInterval,
+		StandbyPoll:       cfg.Staging.PollInterval,
 	}, d.staging, logger, d.reg)
 	if err != nil {
 		return nil, err
@@ -142,7 +178,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Daemo
 		d.svc, err = pipeline.NewService(pipeline.ServiceConfig{
 			Brokers: k.Brokers, Group: k.Group, RequestTopic: k.RequestTopic, ResultTopic: k.ResultTopic,
 			DeadLetterTopic: k.DeadLetterTopic, Concurrency: cfg.Export.Concurrency, FenceTimeout: k.FenceTimeout,
-			ParkExpiry: k.ParkExpiry, MaxMessageBytes: k.MaxMessageBytes,
+			ParkExpiry: k.ParkExpiry, MaxMessageBytes: k.MaxMessageBytes, Peers: d.peers(),
 		}, d.requests, d.staging, d.fencer, exporter, spec, notifier, logger, pipeline.NewServiceMetrics(d.reg))
 		if err != nil {
 			return nil, err
@@ -180,6 +216,20 @@ func (d *Daemon) openStore(ctx context.Context, s config.Store, name string) (st
 	return nil, fmt.Errorf("%s store: unknown type %q", name, s.Type)
 }
 
+// openSharedBucket opens the bucket of shared staging.
+func (d *Daemon) openSharedBucket(ctx context.Context) (sharedBucket, error) {
+	st := d.cfg.Staging
+	s, err := d.openStore(ctx, config.Store{Type: st.Backend, FS: st.FS, S3: st.S3}, "staging")
+	if err != nil {
+		return nil, err
+	}
+	b, ok := s.(sharedBucket)
+	if !ok {
+		return nil, fmt.Errorf("staging store %T cannot write conditionally", s)
+	}
+	return b, nil
+}
+
 // openPublisher opens the publish store; for a filesystem store it mounts
 // the download handler on mux.
 func (d *Daemon) openPublisher(ctx context.Context, mux *http.ServeMux) (pipeline.Publisher, error) {
@@ -208,6 +258,15 @@ func (d *Daemon) openPublisher(ctx context.Context, mux *http.ServeMux) (pipelin
 	return nil, fmt.Errorf("publish store %T cannot issue links", st)
 }
 
+// peers is what the request service knows of the other replicas (nil for
+// local staging).
+func (d *Daemon) peers() pipeline.Peers {
+	if d.members == nil {
+		return nil
+	}
+	return d.members
+}
+
 // Addr is the address the HTTP server listens on.
 func (d *Daemon) Addr() string { return d.ln.Addr().String() }
 
@@ -226,6 +285,18 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	// Replication and requests stop when ctx ends (or another actor fails).
 	work, stopWork := context.WithCancel(gctx)
 	defer stopWork()
+	if d.members != nil {
+		// Heartbeats go on until every other actor has stopped: a replica
+		// shutting down still owns its requests and, until it exits, the
+		// writer role.
+		beat, stopBeat := context.WithCancel(context.Background())
+		beatDone := make(chan error, 1)
+		go func() { beatDone <- d.members.Run(beat) }()
+		defer func() {
+			stopBeat()
+			err = errors.Join(err, <-beatDone)
+		}()
+	}
 	go func() {
 		select {
 		case <-ctx.Done():

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/exportd/exportd/internal/cluster"
 	"github.com/exportd/exportd/pipeline"
 	"github.com/exportd/exportd/snapshot"
 )
@@ -18,7 +19,7 @@ func (d *Daemon) routes(mux *http.ServeMux) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !d.staging.State().SnapshotDone || !d.repl.Connected() {
+		if !d.ready() {
 			http.Error(w, "not ready: initial snapshot or replication pending", http.StatusServiceUnavailable)
 			return
 		}
@@ -47,11 +48,32 @@ func (d *Daemon) routes(mux *http.ServeMux) {
 	})
 }
 
+// ready reports whether the daemon serves exports: staging holds a
+// snapshot, and it is current: this replica streams changes into it, or
+// (shared staging) follows the writer's log.
+func (d *Daemon) ready() bool {
+	if !d.staging.State().SnapshotDone {
+		return false
+	}
+	if d.repl.Connected() {
+		return true
+	}
+	sh := d.staging.Shared()
+	return sh.Shared && !sh.Writer && time.Since(sh.LastPoll) < followerStale
+}
+
+// followerStale: a follower whose last read of the log is older is not
+// ready.
+const followerStale = 10 * time.Second
+
 // Status is the JSON of /api/status.
 type Status struct {
 	Time        time.Time                     `json:"time"`
 	Ready       bool                          `json:"ready"`
 	Replication ReplicationStatus             `json:"replication"`
+	// Cluster describes shared staging and the replicas (absent for local
+	// staging).
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
 	Staging     snapshot.Stats                `json:"staging"`
 	Requests    map[pipeline.RequestState]int `json:"requests"`
 	// Active lists the requests not yet in a final state.
@@ -72,6 +94,23 @@ type ReplicationStatus struct {
 	Snapshot *SnapshotProgress `json:"snapshot,omitempty"`
 }
 
+// ClusterStatus is the shared-staging part of Status.
+type ClusterStatus struct {
+	ReplicaID string `json:"replica_id"`
+	// Role is writer (holds the slot's stream and commits staging),
+	// standby (waits to take over) or follower.
+	Role string `json:"role"`
+	// Term and Writer: the staging writer's term and replica id.
+	Term   uint64 `json:"term"`
+	Writer string `json:"writer"`
+	// Entry is the newest staging log entry applied here.
+	Entry uint64 `json:"entry"`
+	// IndexBehind counts applied entries whose key-to-tenant index
+	// effects are still to be applied here.
+	IndexBehind int              `json:"index_behind"`
+	Members     []cluster.Member `json:"members"`
+}
+
 // SnapshotProgress is the progress of the initial snapshot.
 type SnapshotProgress struct {
 	Rows       int64   `json:"rows"`
@@ -85,7 +124,7 @@ func (d *Daemon) status() (Status, error) {
 	lag := d.repl.Lag()
 	s := Status{
 		Time:  time.Now().UTC(),
-		Ready: st.SnapshotDone && d.repl.Connected(),
+		Ready: d.ready(),
 		Replication: ReplicationStatus{
 			Connected: d.repl.Connected(), SnapshotDone: st.SnapshotDone, AppliedLSN: st.LSN.String(),
 			LagBytes: lag.Bytes, LagSeconds: lag.Seconds,
@@ -96,6 +135,29 @@ func (d *Daemon) status() (Status, error) {
 	}
 	if p := d.repl.Progress(); p.Running {
 		s.Replication.Snapshot = &SnapshotProgress{Rows: p.Rows, Bytes: p.Bytes, Percent: p.Percent, ETASeconds: p.ETA.Seconds()}
+	}
+	if d.members != nil {
+		sh := d.staging.Shared()
+		role := "follower"
+		switch {
+		case sh.Writer:
+			role = "writer"
+		case d.repl.Standby():
+			role = "standby"
+		}
+		s.Cluster = &ClusterStatus{ReplicaID: d.members.ID(), Role: role, Term: sh.Term, Writer: sh.WriterID,
+			Entry: sh.Entry, IndexBehind: sh.IndexBehind, Members: d.members.Members()}
+		// Listing every finished request of every replica would grow
+		// without bound: count the unfinished ones only.
+		recs, err := d.requests.Open()
+		if err != nil {
+			return s, err
+		}
+		for _, r := range recs {
+			s.Requests[r.State]++
+		}
+		s.Active = recs
+		return s, nil
 	}
 	for _, state := range []pipeline.RequestState{pipeline.StateReceived, pipeline.StateAccepted, pipeline.StateBlockedUnpaid,
 		pipeline.StateRendering, pipeline.StateCompleted, pipeline.StateFailed, pipeline.StateRejected, pipeline.StateExpired} {
