@@ -69,6 +69,10 @@ type RequestRecord struct {
 	// Outbox holds events recorded with a state change but not yet
 	// published (see Service.transition).
 	Outbox []Event `json:"outbox,omitempty"`
+	// Owner is the replica that processes the request (shared request store); "" in a single replica's store.
+	Owner string `json:"owner,omitempty"`
+	// etag is the version of the record as read from or written to the shared store (compare-and-swap); not stored.
+	etag string
 }
 
 // Keys in pebble:
