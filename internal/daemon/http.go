@@ -68,14 +68,14 @@ const followerStale = 10 * time.Second
 
 // Status is the JSON of /api/status.
 type Status struct {
-	Time        time.Time                     `json:"time"`
-	Ready       bool                          `json:"ready"`
-	Replication ReplicationStatus             `json:"replication"`
+	Time        time.Time         `json:"time"`
+	Ready       bool              `json:"ready"`
+	Replication ReplicationStatus `json:"replication"`
 	// Cluster describes shared staging and the replicas (absent for local
 	// staging).
-	Cluster *ClusterStatus `json:"cluster,omitempty"`
-	Staging     snapshot.Stats                `json:"staging"`
-	Requests    map[pipeline.RequestState]int `json:"requests"`
+	Cluster  *ClusterStatus                `json:"cluster,omitempty"`
+	Staging  snapshot.Stats                `json:"staging"`
+	Requests map[pipeline.RequestState]int `json:"requests"`
 	// Active lists the requests not yet in a final state.
 	Active []pipeline.RequestRecord `json:"active"`
 	// Exports lists the exports rendering now, with their progress.
