@@ -179,6 +179,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Daemo
 			Brokers: k.Brokers, Group: k.Group, RequestTopic: k.RequestTopic, ResultTopic: k.ResultTopic,
 			DeadLetterTopic: k.DeadLetterTopic, Concurrency: cfg.Export.Concurrency, FenceTimeout: k.FenceTimeout,
 			ParkExpiry: k.ParkExpiry, MaxMessageBytes: k.MaxMessageBytes, Peers: d.peers(),
+			ClaimInterval: cfg.Cluster.TTL, PublishMargin: cfg.Cluster.TTL / 3,
 		}, d.requests, d.staging, d.fencer, exporter, spec, notifier, logger, pipeline.NewServiceMetrics(d.reg))
 		if err != nil {
 			return nil, err
