@@ -148,6 +148,13 @@ func TestCrashRecovery(t *testing.T) {
 	t.Logf("workload: %+v", st)
 
 	d := startDaemon(t, e, stateDir, kills)
+	// The slot streams only once staging holds a snapshot: a slot created
+	// by a snapshot under way already confirms its consistent point.
+	waitFor(t, 3*time.Minute, "the slot to stream", func() bool {
+		var active bool
+		err := e.admin.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = 'exportd'").Scan(&active)
+		return err == nil && active
+	})
 	target := e.currentLSN(t, ctx)
 	waitConfirmed(t, ctx, e, target, 3*time.Minute)
 	d.terminate(t)

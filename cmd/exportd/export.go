@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/exportd/exportd/internal/config"
+	"github.com/exportd/exportd/internal/daemon"
 	"github.com/exportd/exportd/pipeline"
 	"github.com/exportd/exportd/snapshot"
 	"github.com/exportd/exportd/storage"
@@ -27,7 +29,8 @@ import (
 func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("export", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	stagingDir := fs.String("staging-dir", "", "staging directory of a stopped daemon (<state_dir>/staging)")
+	stagingDir := fs.String("staging-dir", "", "staging directory of a stopped daemon (<state_dir>/staging); with -config and shared staging, a directory to cache its files in")
+	configPath := fs.String("config", "", "exportd's configuration file: with staging.backend s3 or fs, export from the shared staging (replicas may keep running)")
 	tenant := fs.String("tenant", "", "tenant id")
 	requestID := fs.String("request-id", "", "request id (default: manual-<unix time>)")
 	filesDir := fs.String("files-dir", "", "directory of the platform's file store")
@@ -99,11 +102,11 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("export: link secret: %w", err)
 	}
-	store, err := snapshot.Open(ctx, *stagingDir, snapshot.Options{Logger: logger, NoCompaction: true})
+	store, closeStaging, err := openExportStaging(ctx, *configPath, *stagingDir, logger)
 	if err != nil {
-		return fmt.Errorf("export: open staging %s: %w", *stagingDir, err)
+		return err
 	}
-	defer store.Close()
+	defer closeStaging()
 	if !store.State().SnapshotDone {
 		return errors.New("export: staging has no complete initial snapshot")
 	}
@@ -132,6 +135,34 @@ func cmdExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(m)
+}
+
+// openExportStaging opens the staging to export from: the shared staging of
+// the configuration at configPath, if it has one, else the local staging in
+// dir.
+func openExportStaging(ctx context.Context, configPath, dir string, logger *slog.Logger) (*snapshot.Store, func(), error) {
+	if configPath != "" {
+		cfg, err := config.Load(configPath, os.Getenv)
+		if err != nil {
+			return nil, nil, err
+		}
+		if cfg.Staging.Shared() {
+			if err := cfg.Validate(); err != nil {
+				return nil, nil, err
+			}
+			store, closer, err := daemon.OpenSharedStaging(ctx, cfg, dir, logger)
+			if err != nil {
+				return nil, nil, fmt.Errorf("export: %w", err)
+			}
+			// Open read the bucket's newest version.
+			return store, func() { store.Close(); closer.Close() }, nil
+		}
+	}
+	store, err := snapshot.Open(ctx, dir, snapshot.Options{Logger: logger, NoCompaction: true})
+	if err != nil {
+		return nil, nil, fmt.Errorf("export: open staging %s: %w", dir, err)
+	}
+	return store, func() { store.Close() }, nil
 }
 
 func isDir(path string) bool {

@@ -26,6 +26,11 @@
 //     Parquet base files and writing CSV (the program in ./duckdbcsv, a
 //     module of its own built with cgo at run time, so that exportd's
 //     module does not depend on DuckDB);
+//   - failover: two `exportd run` replicas sharing staging in an S3 bucket
+//     (versitygw); the time from SIGKILL of the writer until the standby
+//     streams and until it has applied its first change, under a write
+//     load; and `exportd export` of the largest tenant from the bucket
+//     beside the same export from local staging;
 //   - the peak RSS of each exportd process (one per phase) and the staging
 //     size beside the production tables' size.
 //
@@ -106,7 +111,8 @@ type Config struct {
 	// Rates overrides Rates.
 	Rates []int
 	// Phases, if set, runs only these phases (of snapshot, export, render,
-	// apply, freshness; snapshot always runs: the others need its staging).
+	// apply, freshness, failover; snapshot always runs: the others need its
+	// staging).
 	Phases []string
 	// ProfileDir, if set, receives pprof profiles of the fold into base
 	// files, which runs in this process: fold-cpu.pprof, and
@@ -178,6 +184,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		{"render", r.render},
 		{"apply", r.apply},
 		{"freshness", func(ctx context.Context) error { return r.freshness(ctx, rates) }},
+		{"failover", r.failover},
 	}
 	for _, p := range phases {
 		if p.name != "snapshot" && len(cfg.Phases) > 0 && !slices.Contains(cfg.Phases, p.name) {

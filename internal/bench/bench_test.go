@@ -45,7 +45,7 @@ func TestScaleS(t *testing.T) {
 	require.Equal(t, len(res.Figures), len(back.Figures))
 	report, err := os.ReadFile(md)
 	require.NoError(t, err)
-	for _, want := range []string{"| Initial snapshot |", "| Apply |", "| Freshness |", "| Export |", "| CSV render |", "| Peak RSS |", "| Size |",
+	for _, want := range []string{"| Initial snapshot |", "| Apply |", "| Freshness |", "| Export |", "| CSV render |", "| Peak RSS |", "| Size |", "| Failover |",
 		res.Command, res.Machine.CPU, "lag-S.png", "export-S.png"} {
 		require.Contains(t, string(report), want)
 	}
@@ -68,7 +68,7 @@ func TestScaleS(t *testing.T) {
 			require.Contains(t, []string{"PASS", "MISS"}, f.Verdict, f.Name)
 		}
 	}
-	require.Equal(t, map[string]int{"Initial snapshot": 4, "Apply": 1, "Freshness": 2, "Export": 4, "CSV render": 1, "Peak RSS": 9, "Size": 1}, groups)
+	require.Equal(t, map[string]int{"Initial snapshot": 4, "Apply": 1, "Freshness": 2, "Export": 4, "CSV render": 1, "Peak RSS": 12, "Size": 1, "Failover": 5}, groups)
 
 	require.Equal(t, res.Data.Rows, res.Snapshot.SnapshotRows, "exportd snapshot rows")
 	require.Equal(t, res.Apply.Changes, res.Apply.Applied, "changes applied")
@@ -88,6 +88,14 @@ func TestScaleS(t *testing.T) {
 		require.Positive(t, x.SlotP50, "lag against the slot's confirmed position")
 	}
 	require.False(t, res.Render.DuckDB.Ran)
+	fo := res.Failover
+	require.Len(t, fo.Kills, failoverKills)
+	for _, k := range fo.Kills {
+		require.Positive(t, k.ToStream)
+		require.GreaterOrEqual(t, k.ToApplied, k.ToStream)
+	}
+	require.Positive(t, fo.ExportLocal.Rows)
+	require.Equal(t, fo.ExportCold.Rows, fo.ExportWarm.Rows)
 	require.Positive(t, res.Staging.DataBytes)
 }
 

@@ -59,6 +59,12 @@ type daemonStatus struct {
 		AppliedLSN   string `json:"applied_lsn"`
 	} `json:"replication"`
 	Staging snapshot.Stats `json:"staging"`
+	Cluster *struct {
+		Role        string `json:"role"`
+		Entry       uint64 `json:"entry"`
+		IndexBehind int    `json:"index_behind"`
+	} `json:"cluster"`
+	Ready bool `json:"ready"`
 }
 
 func (s daemonStatus) applied() pglogrepl.LSN {
@@ -69,6 +75,12 @@ func (s daemonStatus) applied() pglogrepl.LSN {
 // startDaemon starts `exportd run` on stateDir, replicating from pgURL,
 // logging to logPath; args are more flags of run.
 func startDaemon(ctx context.Context, bin, stateDir, pgURL, logPath string, args ...string) (*runProc, error) {
+	return startDaemonEnv(ctx, bin, stateDir, pgURL, logPath, nil, args...)
+}
+
+// startDaemonEnv is startDaemon with more environment variables
+// ("EXPORTD_X=v"), which override.
+func startDaemonEnv(ctx context.Context, bin, stateDir, pgURL, logPath string, env []string, args ...string) (*runProc, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -89,6 +101,7 @@ func startDaemon(ctx context.Context, bin, stateDir, pgURL, logPath string, args
 		"EXPORTD_PUBLISH_FS_DIR="+stateDir+"-published",
 		"EXPORTD_PUBLISH_LINK_SECRET="+linkSecret,
 	)
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	for _, d := range []string{stateDir + "-files", stateDir + "-published"} {
 		if err := os.MkdirAll(d, 0o755); err != nil {

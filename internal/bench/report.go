@@ -113,6 +113,7 @@ func figures(r *Results) []Figure {
 		}
 		fs = append(fs, f)
 	}
+	fs = append(fs, failoverFigures(r.Failover)...)
 	const inBenchProcess = "in the bench process (VmHWM reset before the phase), not a separate exportd process"
 	rss := func(name string, v int64, base string, bv int64, note string) {
 		if v <= 0 {
@@ -139,12 +140,59 @@ func figures(r *Results) []Figure {
 	for _, x := range r.Exports {
 		rss(fmt.Sprintf("export of the %s tenant (exportd export)", x.Label), x.ExportdPeakRSS, "", 0, "")
 	}
+	for i, v := range r.Failover.PeakRSS {
+		rss(fmt.Sprintf("replica r%d of the failover phase (exportd run, S3 staging)", i), v, "", 0, "")
+	}
+	if x := r.Failover.ExportCold; x.Seconds > 0 {
+		rss("export of the largest tenant from S3 staging, empty cache (exportd export)", x.PeakRSS, "", 0, "")
+	}
 	if st := r.Staging; st.DataBytes > 0 {
 		fs = append(fs, Figure{Group: "Size", Name: fmt.Sprintf("staging data files (%d base files; whole directory %s)", st.BaseFiles, fmtBytes(st.DirBytes)),
 			Value: float64(st.DataBytes) / 1e6, Unit: "MB", Baseline: "production tables with indexes and TOAST (pg_total_relation_size)",
 			BaseVal: float64(r.Data.ProductionBytes) / 1e6, Ratio: ratio(float64(st.DataBytes), float64(r.Data.ProductionBytes)),
 			Note: fmt.Sprintf("production heap and TOAST without indexes: %s", fmtBytes(r.Data.ProductionHeapBytes))})
 	}
+	return fs
+}
+
+// failoverFigures are the rows of the failover phase (none if it did not run).
+func failoverFigures(f FailoverResult) []Figure {
+	if len(f.Kills) == 0 {
+		return nil
+	}
+	var stream, applied []float64
+	for _, k := range f.Kills {
+		stream, applied = append(stream, k.ToStream), append(applied, k.ToApplied)
+	}
+	all := func(v []float64) string {
+		s := make([]string, len(v))
+		for i, x := range v {
+			s[i] = fmtNum(x)
+		}
+		return strings.Join(s, ", ")
+	}
+	slices.Sort(stream)
+	slices.Sort(applied)
+	fs := []Figure{
+		{Group: "Failover", Name: fmt.Sprintf("SIGKILL of the writer → the standby streams from the slot (median of %d)", len(f.Kills)),
+			Value: stream[len(stream)/2], Unit: "s", Note: fmt.Sprintf("each: %s s; cluster.ttl 5s, heartbeat 1s (defaults)", all(stream))},
+		{Group: "Failover", Name: fmt.Sprintf("SIGKILL of the writer → the standby's first applied change (median of %d)", len(f.Kills)),
+			Value: applied[len(applied)/2], Unit: "s", Note: fmt.Sprintf("each: %s s, under a 1-worker write load", all(applied))},
+	}
+	for _, x := range []struct {
+		name string
+		t    ExportTiming
+	}{{"empty cache", f.ExportCold}, {"warm cache", f.ExportWarm}} {
+		if x.t.Seconds <= 0 {
+			continue
+		}
+		fs = append(fs, Figure{Group: "Failover", Name: fmt.Sprintf("export of the largest tenant (%d, %s rows) from S3 staging, %s", f.Tenant, fmtInt(x.t.Rows), x.name),
+			Value: x.t.Seconds, Unit: "s", Baseline: fmt.Sprintf("the same export from local staging (%s rows)", fmtInt(f.ExportLocal.Rows)),
+			BaseVal: f.ExportLocal.Seconds, Ratio: ratio(f.ExportLocal.Seconds, x.t.Seconds),
+			Note: "exportd export, prerendered CSVs off on both sides; S3 is versitygw on the same machine and disk"})
+	}
+	fs = append(fs, Figure{Group: "Failover", Name: "initial snapshot into S3 staging, then its fold into base files",
+		Value: f.SnapshotSeconds, Unit: "s", Note: fmt.Sprintf("fold %s s; the bucket then held %s", fmtNum(f.FoldSeconds), fmtBytes(f.BucketBytes))})
 	return fs
 }
 
@@ -283,6 +331,7 @@ func markdown(b *strings.Builder, r *Results, plots []plotFile, rel func(string)
 	p("The baseline runs `COPY (SELECT <columns> FROM <table> WHERE tenant_id = <t>) TO STDOUT WITH (FORMAT csv, HEADER)` for each of the ten files on production and streams them into a zip with the same compressor at the same level. ")
 	p("Rows read from production are the change in `pg_stat_user_tables` `seq_tup_read + idx_tup_fetch` over each (after `pg_stat_force_next_flush()` in the querying session and `pg_stat_clear_snapshot()` in the reading one).\n")
 	p("- **CSV render**: `pipeline.RenderCSV` of the largest tenant's ten files from a pinned staging version into files (in the bench process), beside DuckDB (its own process, `internal/bench/duckdbcsv`, through github.com/duckdb/duckdb-go/v2) running `COPY (SELECT <columns> FROM read_parquet(<base file>)) TO <file> (FORMAT csv, HEADER)` on the same Parquet base files. exportd also applies spreadsheet formula protection. Both start alike: pending writes flushed (sync), the tenant's base files read once into the page cache, exportd's output removed before DuckDB runs.\n")
+	p("- **Failover**: versitygw (its posix backend, on this machine's disk) serves an S3 bucket; two `exportd run` replicas share staging in it (`staging.backend: s3`, production defaults: `cluster.heartbeat` 1s, `cluster.ttl` 5s). The first takes the initial snapshot into the bucket and folds it; the second follows and keeps its key-to-tenant index current. Under a one-worker random write load the writer is SIGKILLed %d times (the killed replica is started again as the next standby); each kill is timed until the standby's `/api/status` shows it the writer with its stream open, and until its `exportd_replication_changes_total` is above 0 with its applied position past the killed writer's. Then `exportd export` of the largest tenant (prerendered CSVs off) from the bucket with an empty cache directory, again with it warm, and from the local staging of the earlier phases (which differs from the bucket's by the changes written since).\n", failoverKills)
 	p("- **Peak RSS**: VmHWM of each exportd process, read from /proc (sampled every 20 ms for `exportd export`; read before stopping `exportd run`, with the high-water mark reset between the freshness rates); the fold runs in the bench process, whose high-water mark is reset before it.\n\n")
 
 	p("## Notes\n\n")

@@ -17,6 +17,7 @@ type Results struct {
 	Render    RenderResult      `json:"render"`
 	Apply     ApplyResult       `json:"apply"`
 	Freshness []FreshnessResult `json:"freshness"`
+	Failover  FailoverResult    `json:"failover"`
 	Staging   StagingResult     `json:"staging"`
 
 	// PhaseLoad is the load average as each phase started: the machine may

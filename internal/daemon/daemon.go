@@ -365,3 +365,30 @@ func (d *Daemon) Close() error {
 	d.closers = nil
 	return errors.Join(errs...)
 }
+
+// OpenSharedStaging opens, as a follower that never writes, the shared
+// staging cfg describes (staging.backend s3 or fs), caching files in
+// cacheDir: for reading staging beside running replicas (exportd export).
+// Close the store, then the returned closer.
+func OpenSharedStaging(ctx context.Context, cfg *config.Config, cacheDir string, logger *slog.Logger) (*snapshot.Store, io.Closer, error) {
+	if !cfg.Staging.Shared() {
+		return nil, nil, fmt.Errorf("staging.backend is %s, not shared", cfg.Staging.Backend)
+	}
+	d := &Daemon{cfg: cfg, logger: logger}
+	b, err := d.openSharedBucket(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	closer := closerFunc(func() error { return d.Close() })
+	store, err := snapshot.Open(ctx, cacheDir, snapshot.Options{Logger: logger, NoCompaction: true,
+		Shared: &snapshot.SharedOptions{Bucket: b, Prefix: SharedStagingPrefix, ReplicaID: cfg.Cluster.ReplicaID + "-reader",
+			PollInterval: cfg.Staging.PollInterval, DeleteDelay: cfg.Staging.DeleteDelay}})
+	if err != nil {
+		return nil, nil, errors.Join(fmt.Errorf("open shared staging: %w", err), closer.Close())
+	}
+	return store, closer, nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }

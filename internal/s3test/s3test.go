@@ -59,6 +59,9 @@ type Server struct {
 	// Dir is the posix backend's root: the bucket's objects are the files
 	// under Dir/Bucket.
 	Dir string
+
+	stop    func()
+	logPath string
 }
 
 // S3Config returns the configuration of a storage.S3 in the server's
@@ -98,38 +101,75 @@ func newClient(t testing.TB, endpoint, region, access, secret string) *s3.Client
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := Binary(t)
+	s, err := StartIn(context.Background(), bin, t.TempDir(), t.Logf)
+	if err != nil {
+		t.Fatalf("s3test: %v", err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("s3test: versitygw log:\n%s", tail(s.logPath))
+		}
+	})
+	return s
+}
+
+// StartIn starts the versitygw binary bin serving an empty bucket whose
+// objects are files under dir, outside a test (the benchmarks); logf
+// receives retries. Stop it with Stop.
+func StartIn(ctx context.Context, bin, dir string, logf func(format string, args ...any)) (*Server, error) {
+	secret := make([]byte, 20)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		Region:    "us-east-1",
 		AccessKey: "exportd-test",
-		SecretKey: randomHex(t, 20),
+		SecretKey: hex.EncodeToString(secret),
 		Bucket:    "exportd-test",
-		Dir:       filepath.Join(t.TempDir(), "root"),
+		Dir:       filepath.Join(dir, "root"),
 	}
 	if err := os.Mkdir(s.Dir, 0o700); err != nil {
-		t.Fatalf("s3test: %v", err)
+		return nil, err
 	}
 	var err error
 	for try := 1; try <= startTries; try++ {
-		if err = s.start(t, bin, try); err == nil {
+		if err = s.start(bin, try); err == nil {
 			break
 		}
 		// Most likely another process took the port between our probe and
 		// versitygw's listen: try another.
-		t.Logf("s3test: start versitygw (try %d of %d): %v", try, startTries, err)
+		logf("s3test: start versitygw (try %d of %d): %v", try, startTries, err)
 	}
 	if err != nil {
-		t.Fatalf("s3test: start versitygw: %v", err)
+		return nil, fmt.Errorf("start versitygw: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	cctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	if _, err := s.Client(t).CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
-		t.Fatalf("s3test: create bucket: %v", err)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	defer tr.CloseIdleConnections()
+	client := s3.New(s3.Options{
+		Region: s.Region, BaseEndpoint: aws.String(s.Endpoint), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+		HTTPClient:  &http.Client{Transport: tr},
+	})
+	if _, err := client.CreateBucket(cctx, &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("create bucket: %w", err)
 	}
-	return s
+	return s, nil
+}
+
+// Stop stops the server.
+func (s *Server) Stop() {
+	if s.stop != nil {
+		s.stop()
+		s.stop = nil
+	}
 }
 
 // start runs versitygw on a free port and waits until it serves.
-func (s *Server) start(t testing.TB, bin string, try int) error {
+func (s *Server) start(bin string, try int) error {
 	addr, err := freeAddr()
 	if err != nil {
 		return err
@@ -174,12 +214,7 @@ func (s *Server) start(t testing.TB, bin string, try int) error {
 		}
 		return err
 	}
-	t.Cleanup(func() {
-		stop()
-		if t.Failed() {
-			t.Logf("s3test: versitygw log:\n%s", tail(logPath))
-		}
-	})
+	s.stop, s.logPath = stop, logPath
 	return nil
 }
 
@@ -248,14 +283,6 @@ func tail(path string) string {
 	return string(b)
 }
 
-func randomHex(t testing.TB, n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatalf("s3test: %v", err)
-	}
-	return hex.EncodeToString(b)
-}
-
 var binary struct {
 	sync.Mutex
 	path string
@@ -276,6 +303,22 @@ func Binary(t testing.TB) string {
 	}
 	binary.path = path
 	return path
+}
+
+// BinaryPath is Binary outside a test: the path of a versitygw binary,
+// built first if missing.
+func BinaryPath() (string, error) {
+	binary.Lock()
+	defer binary.Unlock()
+	if binary.path != "" {
+		return binary.path, nil
+	}
+	path, err := findOrBuild()
+	if err != nil {
+		return "", err
+	}
+	binary.path = path
+	return path, nil
 }
 
 func findOrBuild() (string, error) {
