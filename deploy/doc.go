@@ -5,6 +5,9 @@
 //     state_dir), Service, ServiceMonitor, PodDisruptionBudget, a ConfigMap
 //     with an example configuration and an example Secret, tied together by
 //     kustomization.yaml.
+//   - kubernetes-replicas/: a kustomize overlay of kubernetes/ for several
+//     replicas sharing staging in an S3 bucket (JSON patches of the
+//     StatefulSet, the ConfigMap and the PodDisruptionBudget).
 //   - prometheus/: alert rules (alerts.yaml), their unit tests for
 //     `promtool test rules` (alerts_test.yaml) and an example scrape
 //     configuration.
