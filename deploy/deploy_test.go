@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -480,10 +481,11 @@ type container struct {
 		Name          string `yaml:"name"`
 		ContainerPort int    `yaml:"containerPort"`
 	} `yaml:"ports"`
-	Env             []envVar `yaml:"env"`
-	StartupProbe    *probe   `yaml:"startupProbe"`
-	LivenessProbe   *probe   `yaml:"livenessProbe"`
-	ReadinessProbe  *probe   `yaml:"readinessProbe"`
+	Env             []envVar       `yaml:"env"`
+	Resources       map[string]any `yaml:"resources"`
+	StartupProbe    *probe         `yaml:"startupProbe"`
+	LivenessProbe   *probe         `yaml:"livenessProbe"`
+	ReadinessProbe  *probe         `yaml:"readinessProbe"`
 	SecurityContext struct {
 		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
 		ReadOnlyRootFilesystem   *bool `yaml:"readOnlyRootFilesystem"`
@@ -747,8 +749,9 @@ type deployment struct {
 	podLabels map[string]string
 	// mounts maps the container's volumes to their mount paths.
 	mounts map[string]string
-	// configKey is the key of the configuration file in the ConfigMap.
-	configKey string
+	// configKey is the key of the configuration file in the ConfigMap,
+	// configText the file.
+	configKey, configText string
 	// secretRefs are the keys of the Secret the container reads.
 	secretRefs map[string]bool
 	// pods are the names of the StatefulSet's pods, cfgs their
@@ -846,7 +849,7 @@ func checkDeployment(t *testing.T, objs []*k8sObject, secret *exampleSecret) *de
 	if configKey == "" || cm.Data[configKey] == "" {
 		t.Fatalf("-config %s is not a key of the ConfigMap %s mounted in the container", configPath, cmObj.Metadata.Name)
 	}
-	d.configKey = configKey
+	d.configKey, d.configText = configKey, cm.Data[configKey]
 
 	// Its environment: secrets from the Secret, which secret.example.yaml
 	// shows.
@@ -1049,6 +1052,155 @@ func TestKubernetes(t *testing.T) {
 	}
 	if cfg.Publish.Type == config.StoreFS && !strings.HasPrefix(filepath.Clean(cfg.Publish.FS.Dir)+"/", filepath.Clean(cfg.StateDir)+"/") {
 		t.Errorf("publish.fs.dir %s is not on the volume %s", cfg.Publish.FS.Dir, cfg.StateDir)
+	}
+}
+
+// replicasDir is the kustomize overlay of the several-replica form.
+const replicasDir = "kubernetes-replicas"
+
+// TestKubernetesReplicas renders the overlay of the several-replica form
+// and checks it: as checkDeployment checks the base, and for what several
+// replicas sharing staging in a bucket need.
+func TestKubernetesReplicas(t *testing.T) {
+	// The overlay patches the base, and holds nothing but its patches.
+	k := readKustomization(t, replicasDir)
+	if !slices.Equal(k.Resources, []string{"../kubernetes"}) {
+		t.Errorf("%s resources %q, want [../kubernetes]: the base, patched", replicasDir, k.Resources)
+	}
+	files, err := filepath.Glob(filepath.Join(replicasDir, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{"kustomization.yaml": true}
+	for _, p := range k.Patches {
+		named[p.Path] = true
+	}
+	for _, f := range files {
+		if !named[filepath.Base(f)] {
+			t.Errorf("%s is not a patch of %s/kustomization.yaml", f, replicasDir)
+		}
+	}
+
+	// The base's objects, patched: none added (a second
+	// PodDisruptionBudget of the pods would make them unevictable), none
+	// dropped.
+	base, rendered := kustomize(t, "kubernetes"), kustomize(t, replicasDir)
+	ids := func(objs []*renderedObject) []string {
+		var ids []string
+		for _, o := range objs {
+			ids = append(ids, o.id())
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	if got, want := ids(rendered), ids(base); !slices.Equal(got, want) {
+		t.Errorf("%s renders %q, want the base's %q", replicasDir, got, want)
+	}
+	baseObjs := k8sObjects(t, base)
+
+	secret := loadSecret(t, only(t, loadFile(t, "kubernetes/secret.example.yaml"), "Secret"))
+	d := checkDeployment(t, k8sObjects(t, rendered), secret)
+	spec := &d.sts.Spec
+	cfg := d.cfgs[0]
+
+	// Three replicas, started together: none is ready before the first
+	// snapshot, which one of them takes.
+	if r := *spec.Replicas; r != 3 {
+		t.Errorf("StatefulSet replicas %d, want 3", r)
+	}
+	if spec.PodManagementPolicy != "Parallel" {
+		t.Errorf("StatefulSet podManagementPolicy %q, want Parallel: with OrderedReady the second pod waits for the first to be ready, after the initial snapshot", spec.PodManagementPolicy)
+	}
+	if p := spec.PersistentVolumeClaimRetentionPolicy; p != nil {
+		for _, v := range []string{p.WhenDeleted, p.WhenScaled} {
+			if v != "Retain" && v != "Delete" {
+				t.Errorf("persistentVolumeClaimRetentionPolicy %+v: want Retain or Delete", *p)
+			}
+		}
+	}
+	var baseSts statefulSet
+	only(t, baseObjs, "StatefulSet").decode(t, &baseSts)
+	bc := &baseSts.Spec.Template.Spec.Containers[0]
+	if !reflect.DeepEqual(d.container.Resources, bc.Resources) {
+		t.Errorf("container resources %v, want the base's %v", d.container.Resources, bc.Resources)
+	}
+	if e, be := d.container.env(t, "GOMEMLIMIT"), bc.env(t, "GOMEMLIMIT"); e == nil || be == nil || e.Value != be.Value {
+		t.Errorf("env GOMEMLIMIT: want the base's, in step with the memory limit")
+	}
+
+	// Each replica's id is its pod's name: unique, and stable across
+	// restarts.
+	if e := d.container.env(t, "EXPORTD_CLUSTER_REPLICA_ID"); e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.name" {
+		t.Errorf("env EXPORTD_CLUSTER_REPLICA_ID: want it from fieldRef metadata.name, the pod's name")
+	}
+	for i, c := range d.cfgs {
+		if c.Cluster.ReplicaID != d.pods[i] {
+			t.Errorf("pod %s: cluster.replica_id %q, want the pod's name", d.pods[i], c.Cluster.ReplicaID)
+		}
+	}
+
+	// Staging in a bucket the replicas share, the requests through the
+	// consumer group, the exports where any replica's links reach them.
+	if cfg.Staging.Backend != config.StagingS3 {
+		t.Errorf("staging.backend %s, want %s", cfg.Staging.Backend, config.StagingS3)
+	}
+	if len(cfg.Kafka.Brokers) == 0 {
+		t.Errorf("no kafka.brokers: the replicas share the export requests through the consumer group")
+	}
+	if cfg.Publish.Type == config.StoreFS && strings.HasPrefix(filepath.Clean(cfg.Publish.FS.Dir)+"/", filepath.Clean(cfg.StateDir)+"/") {
+		t.Errorf("publish.fs.dir %s is on the volume of one pod (%s): a download link reaches any pod", cfg.Publish.FS.Dir, cfg.StateDir)
+	}
+
+	// Apart from those sections, the configuration is the base's.
+	var baseCM struct {
+		Data map[string]string `yaml:"data"`
+	}
+	only(t, baseObjs, "ConfigMap").decode(t, &baseCM)
+	var want, got map[string]any
+	if err := yaml.Unmarshal([]byte(baseCM.Data[d.configKey]), &want); err != nil {
+		t.Fatalf("base ConfigMap %s: %v", d.configKey, err)
+	}
+	if err := yaml.Unmarshal([]byte(d.configText), &got); err != nil {
+		t.Fatalf("ConfigMap %s: %v", d.configKey, err)
+	}
+	for _, k := range []string{"staging", "cluster", "publish"} {
+		delete(want, k)
+		delete(got, k)
+	}
+	for _, p := range diffPaths(got, want, "", "the overlay's", "the base's") {
+		t.Errorf("ConfigMap %s: %s: keep the overlay's configuration the base's but for staging, cluster and publish", d.configKey, p)
+	}
+
+	// Every key secret.example.yaml shows is read.
+	for k := range secret.documented {
+		if !d.secretRefs[k] {
+			t.Errorf("%s: key %s is read by neither form", secret.obj.file, k)
+		}
+	}
+
+	// One pod down at a time: two of the three serve meanwhile, and if the
+	// writer is down a standby takes over the slot.
+	var budget pdb
+	only(t, d.objs, "PodDisruptionBudget").decode(t, &budget)
+	if budget.Spec.MaxUnavailable != 1 || budget.Spec.MinAvailable != nil {
+		t.Errorf("PodDisruptionBudget maxUnavailable %v, minAvailable %v: want maxUnavailable 1", budget.Spec.MaxUnavailable, budget.Spec.MinAvailable)
+	}
+
+	// Rather on different nodes.
+	aa := spec.Template.Spec.Affinity.PodAntiAffinity
+	byNode := false
+	for _, p := range aa.Preferred {
+		term := p.PodAffinityTerm
+		if !subset(term.LabelSelector.MatchLabels, d.podLabels) {
+			t.Errorf("pod anti-affinity selector %v does not select the pods %v", term.LabelSelector.MatchLabels, d.podLabels)
+		}
+		if p.Weight < 1 || p.Weight > 100 {
+			t.Errorf("pod anti-affinity weight %d, want 1 to 100", p.Weight)
+		}
+		byNode = byNode || term.TopologyKey == "kubernetes.io/hostname"
+	}
+	if !byNode {
+		t.Errorf("no preferred pod anti-affinity by kubernetes.io/hostname: spread the replicas across nodes")
 	}
 }
 

@@ -18,4 +18,7 @@
 //
 // The tests run promtool (Debian package prometheus) and systemd-analyze
 // when they are installed; under CI=true a missing promtool is a failure.
+// They render the kustomizations themselves (resources and JSON patches)
+// and, when kustomize or kubectl is installed, check that it renders them
+// the same.
 package deploy
