@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -454,6 +455,24 @@ type probe struct {
 	} `yaml:"httpGet"`
 }
 
+type envVar struct {
+	Name      string `yaml:"name"`
+	Value     string `yaml:"value"`
+	ValueFrom *struct {
+		SecretKeyRef *struct {
+			Name     string `yaml:"name"`
+			Key      string `yaml:"key"`
+			Optional bool   `yaml:"optional"`
+		} `yaml:"secretKeyRef"`
+		FieldRef *struct {
+			FieldPath string `yaml:"fieldPath"`
+		} `yaml:"fieldRef"`
+	} `yaml:"valueFrom"`
+}
+
+// fromSecret reports whether e is set from a key of a Secret.
+func (e *envVar) fromSecret() bool { return e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil }
+
 type container struct {
 	Name    string   `yaml:"name"`
 	Command []string `yaml:"command"`
@@ -462,20 +481,11 @@ type container struct {
 		Name          string `yaml:"name"`
 		ContainerPort int    `yaml:"containerPort"`
 	} `yaml:"ports"`
-	Env []struct {
-		Name      string `yaml:"name"`
-		Value     string `yaml:"value"`
-		ValueFrom *struct {
-			SecretKeyRef *struct {
-				Name     string `yaml:"name"`
-				Key      string `yaml:"key"`
-				Optional bool   `yaml:"optional"`
-			} `yaml:"secretKeyRef"`
-		} `yaml:"valueFrom"`
-	} `yaml:"env"`
-	StartupProbe    *probe `yaml:"startupProbe"`
-	LivenessProbe   *probe `yaml:"livenessProbe"`
-	ReadinessProbe  *probe `yaml:"readinessProbe"`
+	Env             []envVar       `yaml:"env"`
+	Resources       map[string]any `yaml:"resources"`
+	StartupProbe    *probe         `yaml:"startupProbe"`
+	LivenessProbe   *probe         `yaml:"livenessProbe"`
+	ReadinessProbe  *probe         `yaml:"readinessProbe"`
 	SecurityContext struct {
 		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
 		ReadOnlyRootFilesystem   *bool `yaml:"readOnlyRootFilesystem"`
@@ -490,12 +500,39 @@ type container struct {
 	} `yaml:"volumeMounts"`
 }
 
+// env returns c's environment variable name, nil if it has none; it fails
+// the test if c has several.
+func (c *container) env(t *testing.T, name string) *envVar {
+	t.Helper()
+	var found *envVar
+	for i := range c.Env {
+		if c.Env[i].Name == name {
+			if found != nil {
+				t.Errorf("env %s set twice", name)
+			}
+			found = &c.Env[i]
+		}
+	}
+	return found
+}
+
+// podAffinityTerm is a term of a pod (anti-)affinity.
+type podAffinityTerm struct {
+	TopologyKey   string        `yaml:"topologyKey"`
+	LabelSelector labelSelector `yaml:"labelSelector"`
+}
+
 type statefulSet struct {
 	Spec struct {
-		Replicas    *int          `yaml:"replicas"`
-		ServiceName string        `yaml:"serviceName"`
-		Selector    labelSelector `yaml:"selector"`
-		Template    struct {
+		Replicas                             *int          `yaml:"replicas"`
+		ServiceName                          string        `yaml:"serviceName"`
+		PodManagementPolicy                  string        `yaml:"podManagementPolicy"`
+		Selector                             labelSelector `yaml:"selector"`
+		PersistentVolumeClaimRetentionPolicy *struct {
+			WhenDeleted string `yaml:"whenDeleted"`
+			WhenScaled  string `yaml:"whenScaled"`
+		} `yaml:"persistentVolumeClaimRetentionPolicy"`
+		Template struct {
 			Metadata objectMeta `yaml:"metadata"`
 			Spec     struct {
 				TerminationGracePeriodSeconds *int64 `yaml:"terminationGracePeriodSeconds"`
@@ -503,6 +540,15 @@ type statefulSet struct {
 					RunAsNonRoot *bool `yaml:"runAsNonRoot"`
 					RunAsUser    *int  `yaml:"runAsUser"`
 				} `yaml:"securityContext"`
+				Affinity struct {
+					PodAntiAffinity struct {
+						Preferred []struct {
+							Weight          int             `yaml:"weight"`
+							PodAffinityTerm podAffinityTerm `yaml:"podAffinityTerm"`
+						} `yaml:"preferredDuringSchedulingIgnoredDuringExecution"`
+						Required []podAffinityTerm `yaml:"requiredDuringSchedulingIgnoredDuringExecution"`
+					} `yaml:"podAntiAffinity"`
+				} `yaml:"affinity"`
 				Containers []container `yaml:"containers"`
 				Volumes    []struct {
 					Name      string `yaml:"name"`
@@ -556,7 +602,7 @@ type pdb struct {
 
 // k8sObject is one document of a manifest.
 type k8sObject struct {
-	file       string
+	file       string     // the manifest's path, relative to deploy
 	APIVersion string     `yaml:"apiVersion"`
 	Kind       string     `yaml:"kind"`
 	Metadata   objectMeta `yaml:"metadata"`
@@ -568,6 +614,36 @@ func (o *k8sObject) decode(t *testing.T, v any) {
 	if err := o.node.Decode(v); err != nil {
 		t.Fatalf("%s: %s %s: %v", o.file, o.Kind, o.Metadata.Name, err)
 	}
+}
+
+// newObject returns the object of n, a document of the manifest file.
+func newObject(t *testing.T, file string, n *yaml.Node) *k8sObject {
+	t.Helper()
+	o := &k8sObject{file: file, node: n}
+	if err := n.Decode(o); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	if o.Kind == "" || o.APIVersion == "" {
+		t.Fatalf("%s: a document without kind or apiVersion", file)
+	}
+	return o
+}
+
+// loadFile parses the objects of the manifest file.
+func loadFile(t *testing.T, file string) []*k8sObject {
+	t.Helper()
+	var objs []*k8sObject
+	dec := yaml.NewDecoder(bytes.NewReader(readFile(t, file)))
+	for {
+		var n yaml.Node
+		if err := dec.Decode(&n); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		objs = append(objs, newObject(t, file, &n))
+	}
+	return objs
 }
 
 // loadManifests parses every YAML file of deploy/kubernetes.
@@ -582,25 +658,25 @@ func loadManifests(t *testing.T) []*k8sObject {
 	}
 	var objs []*k8sObject
 	for _, f := range files {
-		dec := yaml.NewDecoder(bytes.NewReader(readFile(t, f)))
-		for {
-			var n yaml.Node
-			if err := dec.Decode(&n); errors.Is(err, io.EOF) {
-				break
-			} else if err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			o := &k8sObject{file: filepath.Base(f), node: &n}
-			if err := n.Decode(o); err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if o.Kind == "" || o.APIVersion == "" {
-				t.Fatalf("%s: a document without kind or apiVersion", f)
-			}
-			objs = append(objs, o)
-		}
+		objs = append(objs, loadFile(t, f)...)
 	}
 	return objs
+}
+
+// only returns the one object of kind in objs, failing the test if there
+// is not exactly one.
+func only(t *testing.T, objs []*k8sObject, kind string) *k8sObject {
+	t.Helper()
+	var found []*k8sObject
+	for _, o := range objs {
+		if o.Kind == kind {
+			found = append(found, o)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d objects of kind %s, want 1", len(found), kind)
+	}
+	return found[0]
 }
 
 // deref formats the value p points to, "unset" if p is nil.
@@ -624,51 +700,90 @@ func subset(sel, labels map[string]string) bool {
 	return true
 }
 
-func TestKubernetes(t *testing.T) {
-	objs := loadManifests(t)
-	byKind := map[string][]*k8sObject{}
+// exampleSecret is secret.example.yaml.
+type exampleSecret struct {
+	obj *k8sObject
+	// data are its keys (stringData), documented its optional keys, shown
+	// in comments ("  # files-s3-access-key-id: AKIA...").
+	data       map[string]string
+	documented map[string]bool
+}
+
+// documentedKeyRE matches a key of stringData shown in a comment.
+var documentedKeyRE = regexp.MustCompile(`(?m)^  # ([a-z0-9]+(?:-[a-z0-9]+)*): \S`)
+
+func loadSecret(t *testing.T, obj *k8sObject) *exampleSecret {
+	t.Helper()
+	var secret struct {
+		StringData map[string]string `yaml:"stringData"`
+	}
+	obj.decode(t, &secret)
+	s := &exampleSecret{obj: obj, data: secret.StringData, documented: map[string]bool{}}
+	text := string(readFile(t, obj.file))
+	_, text, ok := strings.Cut(text, "\nstringData:\n")
+	if !ok {
+		t.Fatalf("%s: no stringData", obj.file)
+	}
+	for _, m := range documentedKeyRE.FindAllStringSubmatch(text, -1) {
+		s.documented[m[1]] = true
+	}
+	return s
+}
+
+// has reports whether key is a key of the Secret, or an optional one its
+// comments show.
+func (s *exampleSecret) has(key string, optional bool) bool {
+	if _, ok := s.data[key]; ok {
+		return true
+	}
+	return optional && s.documented[key]
+}
+
+// deployment is a rendered deployment of exportd, as checkDeployment found
+// it.
+type deployment struct {
+	objs      []*k8sObject
+	stsObj    *k8sObject
+	sts       statefulSet
+	container *container
+	podLabels map[string]string
+	// mounts maps the container's volumes to their mount paths.
+	mounts map[string]string
+	// configKey is the key of the configuration file in the ConfigMap,
+	// configText the file.
+	configKey, configText string
+	// secretRefs are the keys of the Secret the container reads.
+	secretRefs map[string]bool
+	// pods are the names of the StatefulSet's pods, cfgs their
+	// configuration, loaded with their environment and valid.
+	pods []string
+	cfgs []*config.Config
+}
+
+// checkDeployment checks what every form of the deployment must satisfy:
+// objs are its objects (but the Kustomization and the example Secret),
+// secret the example of the Secret its pods read.
+func checkDeployment(t *testing.T, objs []*k8sObject, secret *exampleSecret) *deployment {
+	d := &deployment{objs: objs, mounts: map[string]string{}, secretRefs: map[string]bool{}}
 	for _, o := range objs {
-		byKind[o.Kind] = append(byKind[o.Kind], o)
 		if o.Metadata.Namespace != "" {
 			t.Errorf("%s: %s %s names namespace %q: keep the manifests namespace-agnostic", o.file, o.Kind, o.Metadata.Name, o.Metadata.Namespace)
 		}
 	}
-	one := func(kind string) *k8sObject {
-		t.Helper()
-		if len(byKind[kind]) != 1 {
-			t.Fatalf("%d objects of kind %s, want 1", len(byKind[kind]), kind)
-		}
-		return byKind[kind][0]
-	}
-	stsObj, svcObj, smObj, pdbObj := one("StatefulSet"), one("Service"), one("ServiceMonitor"), one("PodDisruptionBudget")
-	cmObj, secretObj, kustObj := one("ConfigMap"), one("Secret"), one("Kustomization")
+	stsObj, svcObj, smObj, pdbObj := only(t, objs, "StatefulSet"), only(t, objs, "Service"), only(t, objs, "ServiceMonitor"), only(t, objs, "PodDisruptionBudget")
+	cmObj := only(t, objs, "ConfigMap")
 
-	// kustomization.yaml lists every manifest but itself and the example
-	// Secret.
-	var kust struct {
-		Resources []string `yaml:"resources"`
-	}
-	kustObj.decode(t, &kust)
-	var want []string
-	for _, o := range objs {
-		if o != kustObj && o != secretObj && !slices.Contains(want, o.file) {
-			want = append(want, o.file)
-		}
-	}
-	got := slices.Clone(kust.Resources)
-	slices.Sort(got)
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("kustomization.yaml resources %q, want %q", got, want)
-	}
-
-	var sts statefulSet
-	stsObj.decode(t, &sts)
-	spec := &sts.Spec
+	d.stsObj = stsObj
+	stsObj.decode(t, &d.sts)
+	spec := &d.sts.Spec
 	pod := &spec.Template.Spec
 	podLabels := spec.Template.Metadata.Labels
-	if spec.Replicas == nil || *spec.Replicas != 1 {
-		t.Errorf("StatefulSet replicas %s, want 1: one process holds the replication slot", deref(spec.Replicas))
+	d.podLabels = podLabels
+	if spec.Replicas == nil || *spec.Replicas < 1 {
+		t.Fatalf("StatefulSet replicas %s, want at least 1", deref(spec.Replicas))
+	}
+	for i := range *spec.Replicas {
+		d.pods = append(d.pods, fmt.Sprintf("%s-%d", stsObj.Metadata.Name, i))
 	}
 	if !subset(spec.Selector.MatchLabels, podLabels) {
 		t.Errorf("StatefulSet selector %v does not select its pods %v", spec.Selector.MatchLabels, podLabels)
@@ -683,11 +798,12 @@ func TestKubernetes(t *testing.T) {
 		t.Fatalf("%d containers, want 1", len(pod.Containers))
 	}
 	c := &pod.Containers[0]
+	d.container = c
 	if sc := c.SecurityContext; sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
 		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || !slices.Contains(sc.Capabilities.Drop, "ALL") {
 		t.Errorf("container securityContext: want allowPrivilegeEscalation false, readOnlyRootFilesystem true, capabilities drop ALL")
 	}
-	mounts := map[string]string{} // volume -> mount path
+	mounts := d.mounts
 	for _, m := range c.VolumeMounts {
 		if m.SubPath != "" {
 			t.Errorf("volume mount %s uses subPath", m.Name)
@@ -733,57 +849,86 @@ func TestKubernetes(t *testing.T) {
 	if configKey == "" || cm.Data[configKey] == "" {
 		t.Fatalf("-config %s is not a key of the ConfigMap %s mounted in the container", configPath, cmObj.Metadata.Name)
 	}
+	d.configKey, d.configText = configKey, cm.Data[configKey]
 
 	// Its environment: secrets from the Secret, which secret.example.yaml
 	// shows.
-	var secret struct {
-		StringData map[string]string `yaml:"stringData"`
-	}
-	secretObj.decode(t, &secret)
 	envNames := config.EnvNames()
-	env := map[string]string{}
 	for _, e := range c.Env {
 		if strings.HasPrefix(e.Name, "EXPORTD_") && !slices.Contains(envNames, e.Name) {
 			t.Errorf("env %s is not a configuration variable", e.Name)
 		}
+		c.env(t, e.Name) // set once
 		switch {
-		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
+		case e.fromSecret():
 			ref := e.ValueFrom.SecretKeyRef
-			if ref.Name != secretObj.Metadata.Name {
-				t.Errorf("env %s: from Secret %q, want %q", e.Name, ref.Name, secretObj.Metadata.Name)
+			if ref.Name != secret.obj.Metadata.Name {
+				t.Errorf("env %s: from Secret %q, want %q", e.Name, ref.Name, secret.obj.Metadata.Name)
 			}
-			v, ok := secret.StringData[ref.Key]
-			if !ok && !ref.Optional {
-				t.Errorf("env %s: key %s is not in secret.example.yaml", e.Name, ref.Key)
+			if !secret.has(ref.Key, ref.Optional) {
+				t.Errorf("env %s: key %s is not in %s (optional keys may be shown in a comment)", e.Name, ref.Key, secret.obj.file)
 			}
-			env[e.Name] = v
-		case e.ValueFrom == nil:
-			env[e.Name] = e.Value
+			d.secretRefs[ref.Key] = true
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
+			if p := e.ValueFrom.FieldRef.FieldPath; p != "metadata.name" {
+				t.Errorf("env %s: fieldRef %s: the test knows only metadata.name", e.Name, p)
+			}
+		case e.ValueFrom != nil:
+			t.Errorf("env %s: a valueFrom the test does not know", e.Name)
 		}
 	}
-	for k := range secret.StringData {
-		used := false
-		for _, e := range c.Env {
-			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Key == k {
-				used = true
-			}
-		}
-		if !used {
-			t.Errorf("secret.example.yaml: key %s is not used by the StatefulSet", k)
+	for k := range secret.data {
+		if !d.secretRefs[k] {
+			t.Errorf("%s: key %s is not used by the StatefulSet", secret.obj.file, k)
 		}
 	}
 
-	// The configuration loads and is valid with that environment.
+	// The configuration loads and is valid in each pod's environment.
 	file := filepath.Join(t.TempDir(), "exportd.yaml")
 	if err := os.WriteFile(file, []byte(cm.Data[configKey]), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(file, func(k string) string { return env[k] })
-	if err != nil {
-		t.Fatalf("ConfigMap %s: %v", configKey, err)
+	for _, podName := range d.pods {
+		env := map[string]string{}
+		for _, e := range c.Env {
+			switch {
+			case e.fromSecret():
+				env[e.Name] = secret.data[e.ValueFrom.SecretKeyRef.Key]
+			case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.name":
+				env[e.Name] = podName
+			case e.ValueFrom == nil:
+				env[e.Name] = e.Value
+			}
+		}
+		cfg, err := config.Load(file, func(k string) string { return env[k] })
+		if err != nil {
+			t.Fatalf("ConfigMap %s, pod %s: %v", configKey, podName, err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("ConfigMap %s, pod %s: %v", configKey, podName, err)
+		}
+		d.cfgs = append(d.cfgs, cfg)
 	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("ConfigMap %s: %v", configKey, err)
+	cfg := d.cfgs[0]
+
+	// Static credentials of each S3 store can come from the Secret.
+	for _, s := range []struct {
+		key string
+		s3  bool
+	}{
+		{"files", cfg.Files.Type == config.StoreS3},
+		{"publish", cfg.Publish.Type == config.StoreS3},
+		{"staging", cfg.Staging.Backend == config.StagingS3},
+	} {
+		if !s.s3 {
+			continue
+		}
+		for _, v := range []string{"ACCESS_KEY_ID", "SECRET_ACCESS_KEY"} {
+			name := "EXPORTD_" + strings.ToUpper(s.key) + "_S3_" + v
+			if e := c.env(t, name); e == nil || !e.fromSecret() || !e.ValueFrom.SecretKeyRef.Optional {
+				t.Errorf("%s is in S3: want env %s from an optional key of the Secret, for static credentials", s.key, name)
+			}
+		}
 	}
 
 	// It fits the pod: state_dir on the volume, http.addr on the container's
@@ -794,9 +939,6 @@ func TestKubernetes(t *testing.T) {
 	vct := spec.VolumeClaimTemplates[0]
 	if got := mounts[vct.Metadata.Name]; got != filepath.Clean(cfg.StateDir) {
 		t.Errorf("state_dir %s is not the mount of the volume %s (%q)", cfg.StateDir, vct.Metadata.Name, got)
-	}
-	if cfg.Publish.Type == config.StoreFS && !strings.HasPrefix(filepath.Clean(cfg.Publish.FS.Dir)+"/", filepath.Clean(cfg.StateDir)+"/") {
-		t.Errorf("publish.fs.dir %s is not on the volume %s", cfg.Publish.FS.Dir, cfg.StateDir)
 	}
 	if !slices.Equal(vct.Spec.AccessModes, []string{"ReadWriteOnce"}) {
 		t.Errorf("volume access modes %q, want [ReadWriteOnce]", vct.Spec.AccessModes)
@@ -866,6 +1008,199 @@ func TestKubernetes(t *testing.T) {
 	}
 	if budget.Spec.MaxUnavailable == nil && budget.Spec.MinAvailable == nil {
 		t.Errorf("PodDisruptionBudget: neither maxUnavailable nor minAvailable")
+	}
+	return d
+}
+
+func TestKubernetes(t *testing.T) {
+	objs := loadManifests(t)
+	kustObj, secretObj := only(t, objs, "Kustomization"), only(t, objs, "Secret")
+
+	// kustomization.yaml lists every manifest but itself and the example
+	// Secret.
+	var kust struct {
+		Resources []string `yaml:"resources"`
+	}
+	kustObj.decode(t, &kust)
+	var rest []*k8sObject
+	var want []string
+	for _, o := range objs {
+		if o == kustObj || o == secretObj {
+			continue
+		}
+		rest = append(rest, o)
+		if f := filepath.Base(o.file); !slices.Contains(want, f) {
+			want = append(want, f)
+		}
+	}
+	got := slices.Clone(kust.Resources)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("kustomization.yaml resources %q, want %q", got, want)
+	}
+
+	d := checkDeployment(t, rest, loadSecret(t, secretObj))
+
+	// One replica, with staging in its state_dir: a single-writer store.
+	if r := *d.sts.Spec.Replicas; r != 1 {
+		t.Errorf("StatefulSet replicas %d, want 1: one process holds the replication slot, and local staging has one writer (several replicas: kubernetes-replicas)", r)
+	}
+	cfg := d.cfgs[0]
+	if cfg.Staging.Backend != config.StagingLocal {
+		t.Errorf("staging.backend %s, want %s in the one-replica form", cfg.Staging.Backend, config.StagingLocal)
+	}
+	if cfg.Publish.Type == config.StoreFS && !strings.HasPrefix(filepath.Clean(cfg.Publish.FS.Dir)+"/", filepath.Clean(cfg.StateDir)+"/") {
+		t.Errorf("publish.fs.dir %s is not on the volume %s", cfg.Publish.FS.Dir, cfg.StateDir)
+	}
+}
+
+// replicasDir is the kustomize overlay of the several-replica form.
+const replicasDir = "kubernetes-replicas"
+
+// TestKubernetesReplicas renders the overlay of the several-replica form
+// and checks it: as checkDeployment checks the base, and for what several
+// replicas sharing staging in a bucket need.
+func TestKubernetesReplicas(t *testing.T) {
+	// The overlay patches the base, and holds nothing but its patches.
+	k := readKustomization(t, replicasDir)
+	if !slices.Equal(k.Resources, []string{"../kubernetes"}) {
+		t.Errorf("%s resources %q, want [../kubernetes]: the base, patched", replicasDir, k.Resources)
+	}
+	files, err := filepath.Glob(filepath.Join(replicasDir, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{"kustomization.yaml": true}
+	for _, p := range k.Patches {
+		named[p.Path] = true
+	}
+	for _, f := range files {
+		if !named[filepath.Base(f)] {
+			t.Errorf("%s is not a patch of %s/kustomization.yaml", f, replicasDir)
+		}
+	}
+
+	// The base's objects, patched: none added (a second
+	// PodDisruptionBudget of the pods would make them unevictable), none
+	// dropped.
+	base, rendered := kustomize(t, "kubernetes"), kustomize(t, replicasDir)
+	ids := func(objs []*renderedObject) []string {
+		var ids []string
+		for _, o := range objs {
+			ids = append(ids, o.id())
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	if got, want := ids(rendered), ids(base); !slices.Equal(got, want) {
+		t.Errorf("%s renders %q, want the base's %q", replicasDir, got, want)
+	}
+	baseObjs := k8sObjects(t, base)
+
+	secret := loadSecret(t, only(t, loadFile(t, "kubernetes/secret.example.yaml"), "Secret"))
+	d := checkDeployment(t, k8sObjects(t, rendered), secret)
+	spec := &d.sts.Spec
+	cfg := d.cfgs[0]
+
+	// Three replicas, started together: none is ready before the first
+	// snapshot, which one of them takes.
+	if r := *spec.Replicas; r != 3 {
+		t.Errorf("StatefulSet replicas %d, want 3", r)
+	}
+	if spec.PodManagementPolicy != "Parallel" {
+		t.Errorf("StatefulSet podManagementPolicy %q, want Parallel: with OrderedReady the second pod waits for the first to be ready, after the initial snapshot", spec.PodManagementPolicy)
+	}
+	if p := spec.PersistentVolumeClaimRetentionPolicy; p != nil {
+		for _, v := range []string{p.WhenDeleted, p.WhenScaled} {
+			if v != "Retain" && v != "Delete" {
+				t.Errorf("persistentVolumeClaimRetentionPolicy %+v: want Retain or Delete", *p)
+			}
+		}
+	}
+	var baseSts statefulSet
+	only(t, baseObjs, "StatefulSet").decode(t, &baseSts)
+	bc := &baseSts.Spec.Template.Spec.Containers[0]
+	if !reflect.DeepEqual(d.container.Resources, bc.Resources) {
+		t.Errorf("container resources %v, want the base's %v", d.container.Resources, bc.Resources)
+	}
+	if e, be := d.container.env(t, "GOMEMLIMIT"), bc.env(t, "GOMEMLIMIT"); e == nil || be == nil || e.Value != be.Value {
+		t.Errorf("env GOMEMLIMIT: want the base's, in step with the memory limit")
+	}
+
+	// Each replica's id is its pod's name: unique, and stable across
+	// restarts.
+	if e := d.container.env(t, "EXPORTD_CLUSTER_REPLICA_ID"); e == nil || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.name" {
+		t.Errorf("env EXPORTD_CLUSTER_REPLICA_ID: want it from fieldRef metadata.name, the pod's name")
+	}
+	for i, c := range d.cfgs {
+		if c.Cluster.ReplicaID != d.pods[i] {
+			t.Errorf("pod %s: cluster.replica_id %q, want the pod's name", d.pods[i], c.Cluster.ReplicaID)
+		}
+	}
+
+	// Staging in a bucket the replicas share, the requests through the
+	// consumer group, the exports where any replica's links reach them.
+	if cfg.Staging.Backend != config.StagingS3 {
+		t.Errorf("staging.backend %s, want %s", cfg.Staging.Backend, config.StagingS3)
+	}
+	if len(cfg.Kafka.Brokers) == 0 {
+		t.Errorf("no kafka.brokers: the replicas share the export requests through the consumer group")
+	}
+	if cfg.Publish.Type == config.StoreFS && strings.HasPrefix(filepath.Clean(cfg.Publish.FS.Dir)+"/", filepath.Clean(cfg.StateDir)+"/") {
+		t.Errorf("publish.fs.dir %s is on the volume of one pod (%s): a download link reaches any pod", cfg.Publish.FS.Dir, cfg.StateDir)
+	}
+
+	// Apart from those sections, the configuration is the base's.
+	var baseCM struct {
+		Data map[string]string `yaml:"data"`
+	}
+	only(t, baseObjs, "ConfigMap").decode(t, &baseCM)
+	var want, got map[string]any
+	if err := yaml.Unmarshal([]byte(baseCM.Data[d.configKey]), &want); err != nil {
+		t.Fatalf("base ConfigMap %s: %v", d.configKey, err)
+	}
+	if err := yaml.Unmarshal([]byte(d.configText), &got); err != nil {
+		t.Fatalf("ConfigMap %s: %v", d.configKey, err)
+	}
+	for _, k := range []string{"staging", "cluster", "publish"} {
+		delete(want, k)
+		delete(got, k)
+	}
+	for _, p := range diffPaths(got, want, "", "the overlay's", "the base's") {
+		t.Errorf("ConfigMap %s: %s: keep the overlay's configuration the base's but for staging, cluster and publish", d.configKey, p)
+	}
+
+	// Every key secret.example.yaml shows is read.
+	for k := range secret.documented {
+		if !d.secretRefs[k] {
+			t.Errorf("%s: key %s is read by neither form", secret.obj.file, k)
+		}
+	}
+
+	// One pod down at a time: two of the three serve meanwhile, and if the
+	// writer is down a standby takes over the slot.
+	var budget pdb
+	only(t, d.objs, "PodDisruptionBudget").decode(t, &budget)
+	if budget.Spec.MaxUnavailable != 1 || budget.Spec.MinAvailable != nil {
+		t.Errorf("PodDisruptionBudget maxUnavailable %v, minAvailable %v: want maxUnavailable 1", budget.Spec.MaxUnavailable, budget.Spec.MinAvailable)
+	}
+
+	// Rather on different nodes.
+	aa := spec.Template.Spec.Affinity.PodAntiAffinity
+	byNode := false
+	for _, p := range aa.Preferred {
+		term := p.PodAffinityTerm
+		if !subset(term.LabelSelector.MatchLabels, d.podLabels) {
+			t.Errorf("pod anti-affinity selector %v does not select the pods %v", term.LabelSelector.MatchLabels, d.podLabels)
+		}
+		if p.Weight < 1 || p.Weight > 100 {
+			t.Errorf("pod anti-affinity weight %d, want 1 to 100", p.Weight)
+		}
+		byNode = byNode || term.TopologyKey == "kubernetes.io/hostname"
+	}
+	if !byNode {
+		t.Errorf("no preferred pod anti-affinity by kubernetes.io/hostname: spread the replicas across nodes")
 	}
 }
 

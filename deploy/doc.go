@@ -5,6 +5,9 @@
 //     state_dir), Service, ServiceMonitor, PodDisruptionBudget, a ConfigMap
 //     with an example configuration and an example Secret, tied together by
 //     kustomization.yaml.
+//   - kubernetes-replicas/: a kustomize overlay of kubernetes/ for several
+//     replicas sharing staging in an S3 bucket (JSON patches of the
+//     StatefulSet, the ConfigMap and the PodDisruptionBudget).
 //   - prometheus/: alert rules (alerts.yaml), their unit tests for
 //     `promtool test rules` (alerts_test.yaml) and an example scrape
 //     configuration.
@@ -15,4 +18,7 @@
 //
 // The tests run promtool (Debian package prometheus) and systemd-analyze
 // when they are installed; under CI=true a missing promtool is a failure.
+// They render the kustomizations themselves (resources and JSON patches)
+// and, when kustomize or kubectl is installed, check that it renders them
+// the same.
 package deploy
