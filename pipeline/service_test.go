@@ -444,7 +444,10 @@ func TestServiceParkExpiry(t *testing.T) {
 	e := se.waitEvent(t, "expire-1", pipeline.EventExpired, time.Minute)
 	require.Equal(t, "parked_too_long", e.Reason)
 	require.Equal(t, []string{pipeline.EventAccepted, pipeline.EventBlockedUnpaid, pipeline.EventExpired}, types(se.eventsOf("expire-1")))
-	require.Zero(t, metricValue(t, se.reg, "exportd_requests_parked", ""))
+	// The gauge is set after the event is published: wait for it.
+	waitFor(t, 10*time.Second, "exportd_requests_parked to reach 0", func() bool {
+		return metricValue(t, se.reg, "exportd_requests_parked", "") == 0
+	})
 }
 
 // TestServiceOutbox: while the results topic cannot be written, events wait
