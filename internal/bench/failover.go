@@ -184,6 +184,14 @@ func (r *runner) failover(ctx context.Context) error {
 		return fmt.Errorf("failover: workload: %w", err)
 	}
 	writes <- nil // for the deferred receive
+	// Exports read what staging holds once it has every write.
+	target, err := r.e.insertLSN(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := procs[writer].waitApplied(ctx, target, pollInterval, 5*time.Minute); err != nil {
+		return err
+	}
 	for i, p := range procs {
 		if p != nil {
 			keepPeak(i)
