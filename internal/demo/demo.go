@@ -15,9 +15,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,6 +43,10 @@ type Options struct {
 	Rows int
 	// Logger receives the components' logs (default: warnings to stderr).
 	Logger *slog.Logger
+	// Replicas, if above 1, runs that many exportd replicas sharing staging
+	// in a directory (staging.backend fs), and after the first exports stops
+	// the staging writer to show another replica take over.
+	Replicas int
 }
 
 const (
@@ -105,7 +111,9 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 
 	// Kafka.
 	topics := config.Default().Kafka
-	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topics.RequestTopic, topics.ResultTopic, topics.DeadLetterTopic))
+	// A partition of requests per replica, for the consumer group to share.
+	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(max(o.Replicas, 1)), topics.RequestTopic),
+		kfake.SeedTopics(1, topics.ResultTopic, topics.DeadLetterTopic))
 	if err != nil {
 		return fmt.Errorf("demo: start Kafka broker: %w", err)
 	}
@@ -113,20 +121,42 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 	brokers := broker.ListenAddrs()
 	say("embedded Kafka broker on %s", strings.Join(brokers, ","))
 
-	// The daemon.
-	cfg, err := demoConfig(dir, url, brokers, o.HTTPAddr)
+	// The daemons.
+	n := max(o.Replicas, 1)
+	cfgs, err := demoConfigs(dir, url, brokers, o.HTTPAddr, n)
 	if err != nil {
 		return err
 	}
-	d, err := daemon.New(ctx, cfg, o.Logger)
-	if err != nil {
-		return fmt.Errorf("demo: start exportd: %w", err)
+	replicas := make([]*replica, n)
+	for i, cfg := range cfgs {
+		r, err := startReplica(ctx, cfg, o.Logger)
+		if err != nil {
+			return err
+		}
+		replicas[i] = r
+		cleanups = append(cleanups, r.stop)
+		if n == 1 {
+			say("exportd serving on http://%s (metrics at /metrics, status at /api/status)", r.addr)
+			break
+		}
+		say("exportd replica %s serving on http://%s", cfg.Cluster.ReplicaID, r.addr)
+		if i == 0 {
+			// The first replica takes the initial snapshot into the shared
+			// staging; the others then follow it.
+			if err := r.waitReady(ctx, 2*time.Minute); err != nil {
+				return err
+			}
+			say("replica %s is the staging writer: it holds the replication slot and took the initial snapshot", cfg.Cluster.ReplicaID)
+		}
 	}
-	dctx, stopDaemon := context.WithCancel(context.Background())
-	daemonDone := make(chan error, 1)
-	go func() { daemonDone <- d.Run(dctx) }()
-	cleanups = append(cleanups, func() { stopDaemon(); <-daemonDone })
-	say("exportd serving on http://%s (metrics at /metrics, status at /api/status)", d.Addr())
+	for _, r := range replicas {
+		if err := r.waitReady(ctx, 2*time.Minute); err != nil {
+			return err
+		}
+	}
+	if n > 1 {
+		say("%d replicas share staging in %s; requests are spread over them by the Kafka consumer group", n, cfgs[0].Staging.FS.Dir)
+	}
 
 	// Writes keep flowing, on tenants other than the two requested.
 	wctx, stopWrites := context.WithCancel(ctx)
@@ -186,14 +216,48 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 		return err
 	}
 	say("tenant %d: completed on its own once paid %s", unpaidTenant, describe(unpaid))
+	if n > 1 {
+		for _, id := range []string{paidID, unpaidID} {
+			if owner := replicas[n-1].owner(ctx, id); owner != "" {
+				say("request %s was served by replica %s", id, owner)
+			}
+		}
+		// Stop the writer: another replica takes over the slot.
+		w := writerOf(ctx, replicas)
+		if w < 0 {
+			return errors.New("demo: no replica is the staging writer")
+		}
+		stopped := time.Now()
+		replicas[w].stop()
+		say("stopped replica %s, the staging writer", cfgs[w].Cluster.ReplicaID)
+		var next int
+		for next = writerOf(ctx, replicas); next < 0 || next == w; next = writerOf(ctx, replicas) {
+			if time.Since(stopped) > time.Minute {
+				return errors.New("demo: no replica took over within a minute")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		say("replica %s took over as the staging writer after %.1fs (cluster.ttl %s)", cfgs[next].Cluster.ReplicaID,
+			time.Since(stopped).Seconds(), cfgs[next].Cluster.TTL)
+		againID, err := req(paidTenant)
+		if err != nil {
+			return err
+		}
+		again, err := results.wait(ctx, againID, pipeline.EventCompleted)
+		if err != nil {
+			return err
+		}
+		say("tenant %d: completed again after the takeover %s, served by replica %s", paidTenant, describe(again), replicas[n-1].owner(ctx, againID))
+		paid = again
+	}
 	fmt.Fprintf(out, "\nThe links stay downloadable until you stop the demo (Ctrl-C removes everything).\n")
 	fmt.Fprintf(out, "tenant %d master CSV: %s\n", unpaidTenant, unpaid.MasterURL)
 	fmt.Fprintf(out, "master_url=%s\n", paid.MasterURL)
 
 	select {
 	case <-ctx.Done():
-	case err := <-daemonDone:
-		daemonDone <- err
+	case err := <-replicas[n-1].done:
+		replicas[n-1].done <- err
 		return fmt.Errorf("demo: exportd stopped: %w", err)
 	}
 	fmt.Fprintln(out, "stopping and cleaning up")
@@ -212,41 +276,160 @@ func describe(e pipeline.Event) string {
 	return fmt.Sprintf("(%d rows at %s; %s; %d missing files)", rows, e.LSN, strings.Join(parts, "; "), e.MissingFiles)
 }
 
-// demoConfig is the daemon's configuration for the demo.
-func demoConfig(dir, url string, brokers []string, addr string) (*config.Config, error) {
-	if addr == "" {
-		addr = "127.0.0.1:8080"
-		if ln, err := net.Listen("tcp", addr); err == nil {
-			ln.Close()
-		} else {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				return nil, err
-			}
-			addr = ln.Addr().String()
-			ln.Close()
+// demoConfigs are the daemons' configurations for the demo: one, or n
+// replicas sharing staging in a directory, whose download links all point
+// at the last replica (the demo never stops it).
+func demoConfigs(dir, url string, brokers []string, addr string, n int) ([]*config.Config, error) {
+	addrs := make([]string, n)
+	for i := range addrs {
+		var err error
+		if addrs[i], err = freeAddr(addr, i > 0); err != nil {
+			return nil, err
 		}
 	}
 	secret := make([]byte, 32)
 	rand.Read(secret)
-	cfg := config.Default()
-	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.LogLevel = "warn"
-	cfg.HTTP.Addr = addr
-	cfg.HTTP.PublicURL = "http://" + addr
-	cfg.HTTP.ShutdownGrace = 10 * time.Second
-	cfg.Postgres.URL = config.Secret(url)
-	cfg.Postgres.Heartbeat = time.Second
-	cfg.Files.Type = config.StoreFS
-	cfg.Files.FS.Dir = filepath.Join(dir, "files")
-	cfg.Publish.Type = config.StoreFS
-	cfg.Publish.FS.Dir = filepath.Join(dir, "published")
-	cfg.Publish.LinkSecret = config.Secret(hex.EncodeToString(secret))
-	cfg.Kafka.Brokers = brokers
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("demo: config: %w", err)
+	var cfgs []*config.Config
+	for i := range n {
+		cfg := config.Default()
+		cfg.StateDir = filepath.Join(dir, "state")
+		cfg.LogLevel = "warn"
+		cfg.HTTP.Addr = addrs[i]
+		cfg.HTTP.PublicURL = "http://" + addrs[n-1]
+		cfg.HTTP.ShutdownGrace = 10 * time.Second
+		cfg.Postgres.URL = config.Secret(url)
+		cfg.Postgres.Heartbeat = time.Second
+		cfg.Files.Type = config.StoreFS
+		cfg.Files.FS.Dir = filepath.Join(dir, "files")
+		cfg.Publish.Type = config.StoreFS
+		cfg.Publish.FS.Dir = filepath.Join(dir, "published")
+		cfg.Publish.LinkSecret = config.Secret(hex.EncodeToString(secret))
+		cfg.Kafka.Brokers = brokers
+		if n > 1 {
+			cfg.StateDir = filepath.Join(dir, fmt.Sprintf("state-%d", i))
+			cfg.Staging.Backend = config.StagingFS
+			cfg.Staging.FS.Dir = filepath.Join(dir, "shared")
+			cfg.Cluster.ReplicaID = fmt.Sprintf("demo-%d", i)
+			cfg.Cluster.Heartbeat, cfg.Cluster.TTL = 250*time.Millisecond, 2*time.Second
+		}
+		if err := cfg.Validate(); err != nil {
+			return nil, fmt.Errorf("demo: config: %w", err)
+		}
+		cfgs = append(cfgs, cfg)
 	}
-	return cfg, nil
+	return cfgs, nil
+}
+
+// freeAddr returns addr if given and not other, else 127.0.0.1:8080 if that
+// is free and not other, else a free loopback port.
+func freeAddr(addr string, other bool) (string, error) {
+	if addr != "" && !other {
+		return addr, nil
+	}
+	if ln, err := net.Listen("tcp", "127.0.0.1:8080"); err == nil && addr == "" && !other {
+		ln.Close()
+		return "127.0.0.1:8080", nil
+	} else if err == nil {
+		ln.Close()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// replica is one daemon of the demo.
+type replica struct {
+	addr   string
+	done   chan error
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+func startReplica(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*replica, error) {
+	d, err := daemon.New(ctx, cfg, logger)
+	if err != nil {
+		return nil, fmt.Errorf("demo: start exportd: %w", err)
+	}
+	dctx, cancel := context.WithCancel(context.Background())
+	r := &replica{addr: d.Addr(), done: make(chan error, 1), cancel: cancel}
+	go func() { r.done <- d.Run(dctx) }()
+	return r, nil
+}
+
+// stop stops the daemon and waits for it (once).
+func (r *replica) stop() {
+	r.once.Do(func() {
+		r.cancel()
+		err := <-r.done
+		r.done <- err
+	})
+}
+
+// status reads the daemon's /api/status.
+func (r *replica) status(ctx context.Context) (daemon.Status, bool) {
+	var st daemon.Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.addr+"/api/status", nil)
+	if err != nil {
+		return st, false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, false
+	}
+	defer resp.Body.Close()
+	return st, resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&st) == nil
+}
+
+func (r *replica) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if st, ok := r.status(ctx); ok && st.Ready {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo: exportd on %s not ready within %s", r.addr, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-r.done:
+			r.done <- err
+			return fmt.Errorf("demo: exportd stopped: %w", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// owner is the replica that served request id ("" if unknown).
+func (r *replica) owner(ctx context.Context, id string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.addr+"/api/requests/"+id, nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var rec pipeline.RequestRecord
+	if json.NewDecoder(resp.Body).Decode(&rec) != nil {
+		return ""
+	}
+	return rec.Owner
+}
+
+// writerOf returns the index of the replica that is the staging writer
+// and streams, or -1.
+func writerOf(ctx context.Context, rs []*replica) int {
+	for i, r := range rs {
+		if st, ok := r.status(ctx); ok && st.Cluster != nil && st.Cluster.Role == "writer" && st.Replication.Connected {
+			return i
+		}
+	}
+	return -1
 }
 
 // results follows the results topic.

@@ -28,13 +28,35 @@ func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL")
 	}
+	runDemo(t)
+}
+
+// TestDemoReplicas runs `exportd demo -replicas 3`: three replicas share
+// staging; after the first exports the demo stops the staging writer,
+// another replica takes over, and an export requested then completes.
+func TestDemoReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	out := strings.Join(runDemo(t, "-replicas", "3"), "\n")
+	require.Contains(t, out, "3 replicas share staging")
+	require.Regexp(t, `stopped replica demo-\d, the staging writer`, out)
+	require.Regexp(t, `replica demo-\d took over as the staging writer after \d+\.\ds`, out)
+	require.Regexp(t, `completed again after the takeover .*, served by replica demo-\d`, out)
+}
+
+// runDemo runs `exportd demo` with args, follows master_url= to the three
+// bundles, stops the demo with SIGINT, checks it removed what it made, and
+// returns the lines it printed up to master_url=.
+func runDemo(t *testing.T, args ...string) []string {
+	t.Helper()
 	// The demo's temporary directory, to check it is emptied; the postgres
 	// OS user must be able to reach its cluster inside.
 	tmp, err := os.MkdirTemp("", "exportd-demotest-")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(tmp) })
 	require.NoError(t, os.Chmod(tmp, 0o755))
-	cmd := exec.Command(testbin.Exportd(t), "demo", "-http-addr", testbin.FreeAddr(t))
+	cmd := exec.Command(testbin.Exportd(t), append([]string{"demo", "-http-addr", testbin.FreeAddr(t)}, args...)...)
 	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
@@ -53,12 +75,14 @@ func TestDemo(t *testing.T) {
 		close(lines)
 	}()
 	var master string
+	var printed []string
 	timeout := time.After(2 * time.Minute)
 	for master == "" {
 		select {
 		case l, ok := <-lines:
 			require.True(t, ok, "demo ended before master_url=: %s", stderr.String())
 			t.Log(l)
+			printed = append(printed, l)
 			if u, ok := strings.CutPrefix(l, "master_url="); ok {
 				master = u
 			}
@@ -101,6 +125,7 @@ func TestDemo(t *testing.T) {
 	left, err := os.ReadDir(tmp)
 	require.NoError(t, err)
 	require.Empty(t, left, "the demo left files behind")
+	return printed
 }
 
 func get(t *testing.T, url string) []byte {
