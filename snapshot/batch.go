@@ -853,7 +853,7 @@ func (b *Batch) Abort() {
 	s := b.s
 	if !s.dead.Load() {
 		for _, r := range b.runs {
-			if err := s.objs.Remove(r.name()); err != nil {
+			if err := s.discardFile(r.name()); err != nil {
 				s.log.Warn("remove aborted run", "err", err)
 			}
 		}

@@ -287,11 +287,11 @@ func (s *Store) removeOutputs(e *edit) {
 		return
 	}
 	if e.out != nil {
-		_ = s.objs.Remove(e.out.name()) // an orphan is removed by the next Open anyway
+		_ = s.discardFile(e.out.name()) // an orphan is removed by the next Open anyway
 	}
 	for _, b := range e.bases {
 		if b != nil {
-			_ = s.objs.Remove(b.name())
+			_ = s.discardFile(b.name())
 		}
 	}
 }

@@ -566,7 +566,7 @@ func (l *Load) Abort() error {
 	var errs []error
 	if !s.dead.Load() {
 		for _, r := range runs {
-			errs = append(errs, s.objs.Remove(r.name()))
+			errs = append(errs, s.discardFile(r.name()))
 		}
 		// Index entries of the load's tables; Open removes any written later.
 		if err := s.db.DeleteRange(indexTablePrefix(l.minID), indexTablePrefix(l.maxID), pebble.NoSync); err != nil {

@@ -98,6 +98,9 @@ const (
 	// maintainInterval is how often the writer deletes what is past its
 	// delay and writes a checkpoint when one is due.
 	maintainInterval = 10 * time.Second
+	// orphanScanInterval is how often the writer looks for data files no
+	// version names.
+	orphanScanInterval = 10 * time.Minute
 	// reloadCheckInterval is how often a follower that finds no next entry
 	// checks whether a checkpoint overtook it (it fell behind the log's
 	// retention).
@@ -202,6 +205,7 @@ type shared struct {
 	lastReloadCheck time.Time
 	lastMaintain    time.Time
 	orphansDone     bool // this term's writer removed earlier terms' orphans
+	lastOrphanScan  time.Time
 
 	// Guarded by Store.mu:
 	writer bool
@@ -927,6 +931,19 @@ func (s *Store) Release() {
 	s.mu.Unlock()
 }
 
+// discardFile removes a data file that no committed version names (an
+// aborted batch's, load's or compaction's). In shared staging only the
+// cached copy: a commit whose outcome is unknown (its request timed out)
+// may still land and name the file, so the bucket's copy is left to the
+// writer's orphan collection, which deletes it once it is older than
+// DeleteDelay and no version names it.
+func (s *Store) discardFile(name string) error {
+	if s.sh != nil {
+		return s.sh.objs.dropLocal(name)
+	}
+	return s.objs.Remove(name)
+}
+
 // fencedLocked records that another replica took over; callers hold writeMu.
 func (s *Store) fencedLocked(err error) error {
 	s.mu.Lock()
@@ -1094,8 +1111,10 @@ func (s *Store) maintain(ctx context.Context) error {
 			return strings.Compare(ttKey(a.Table, a.Tenant), ttKey(b.Table, b.Tenant))
 		})
 	}
-	orphans := !sh.orphansDone
-	sh.orphansDone = true
+	orphans := !sh.orphansDone || time.Since(sh.lastOrphanScan) > orphanScanInterval
+	if orphans {
+		sh.orphansDone, sh.lastOrphanScan = true, time.Now()
+	}
 	s.writeMu.Unlock()
 
 	var errs []error
@@ -1170,8 +1189,9 @@ func (s *Store) deleteExpired(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// deleteOrphans deletes data files of earlier terms that no version names:
-// a writer that crashed or was fenced wrote them but never committed them.
+// deleteOrphans deletes data files that no version names: of earlier terms
+// (a writer that crashed or was fenced wrote them but never committed
+// them), and of this term once older than DeleteDelay (an aborted commit's).
 func (s *Store) deleteOrphans(ctx context.Context, dv *dataVer, pending []obsoleteRec, term uint64) error {
 	sh := s.sh
 	keep := make(map[string]bool, len(dv.segs)+len(dv.bases)+len(pending))
@@ -1185,13 +1205,14 @@ func (s *Store) deleteOrphans(ctx context.Context, dv *dataVer, pending []obsole
 		keep[o.Name] = true
 	}
 	prefix := sh.objs.key("")
+	old := time.Now().Add(-sh.opts.DeleteDelay)
 	var orphans []string
 	err := sh.b.List(ctx, prefix, func(oi storage.ObjectInfo) error {
 		name := strings.TrimPrefix(oi.Key, prefix)
 		if keep[name] {
 			return nil
 		}
-		if num, ok := fileNum(name); ok && num>>fileTermShift < term {
+		if num, ok := fileNum(name); ok && (num>>fileTermShift < term || oi.ModTime.Before(old)) {
 			orphans = append(orphans, name)
 		}
 		return nil

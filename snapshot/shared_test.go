@@ -211,10 +211,9 @@ func TestSharedStaging(t *testing.T) {
 	srv := s3test.Start(t)
 	cfg, err := json.Marshal(sharedS3{Endpoint: srv.Endpoint, Region: srv.Region, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: srv.Bucket})
 	require.NoError(t, err)
-	args := []string{"-test.run=^(" + strings.Join(sharedConformance, "|") + ")$", "-test.count=1", "-test.v", "-test.timeout=15m"}
-	if testing.Short() {
-		args = append(args, "-test.short")
-	}
+	// -test.short: the crash and model tests run fewer rounds (as in a
+	// short local run); every test still runs.
+	args := []string{"-test.run=^(" + strings.Join(sharedConformance, "|") + ")$", "-test.count=1", "-test.v", "-test.timeout=15m", "-test.short"}
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), sharedEnv+"="+string(cfg))
 	logPath := filepath.Join(t.TempDir(), "child.log")

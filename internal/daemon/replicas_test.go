@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,6 +33,38 @@ import (
 	"github.com/exportd/exportd/snapshot"
 	"github.com/exportd/exportd/storage"
 )
+
+// commitProxy stands between the replicas and the S3 server: it delays
+// the writes of staging (data files and manifest log entries, which only
+// the writer makes) and counts those in flight, so that a kill can land
+// in the middle of a commit. It keeps the Host header: SigV4 signs it.
+type commitProxy struct {
+	inflight atomic.Int64
+	srv      *httptest.Server
+}
+
+func newCommitProxy(t *testing.T, target string) *commitProxy {
+	u, err := url.Parse(target)
+	require.NoError(t, err)
+	p := &commitProxy{}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	director := rp.Director
+	rp.Director = func(r *http.Request) {
+		host := r.Host
+		director(r)
+		r.Host = host
+	}
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/"+daemon.SharedStagingPrefix) {
+			p.inflight.Add(1)
+			defer p.inflight.Add(-1)
+			time.Sleep(100 * time.Millisecond)
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(p.srv.Close)
+	return p
+}
 
 // replicaSet is exportd replicas sharing staging in an S3 bucket.
 type replicaSet struct {
@@ -117,6 +154,7 @@ func TestReplicas(t *testing.T) {
 	c.broker = kafkatest.StartWith(t, kafkatest.Options{Topics: []string{"exportd.requests"}, Partitions: 3})
 	c.broker.CreateTopic(t, "exportd.results", 1)
 	c.broker.CreateTopic(t, "exportd.requests.dlq", 1)
+	proxy := newCommitProxy(t, c.srv.Endpoint)
 	c.env = testbin.DaemonEnv(filepath.Join(base, "unused"), c.pg.URL,
 		"EXPORTD_KAFKA_BROKERS="+strings.Join(c.broker.Addrs(), ","),
 		"EXPORTD_FILES_FS_DIR="+filepath.Join(base, "files"),
@@ -124,7 +162,7 @@ func TestReplicas(t *testing.T) {
 		"EXPORTD_EXPORT_PRERENDER_MIN_ROWS=0",
 		"EXPORTD_STAGING_BACKEND=s3",
 		"EXPORTD_STAGING_S3_BUCKET="+c.srv.Bucket,
-		"EXPORTD_STAGING_S3_ENDPOINT="+c.srv.Endpoint,
+		"EXPORTD_STAGING_S3_ENDPOINT="+proxy.srv.URL,
 		"EXPORTD_STAGING_S3_REGION="+c.srv.Region,
 		"EXPORTD_STAGING_S3_PATH_STYLE=true",
 		"EXPORTD_STAGING_S3_ACCESS_KEY_ID="+c.srv.AccessKey,
@@ -160,6 +198,7 @@ func TestReplicas(t *testing.T) {
 	var requests []string
 	tenantOf := map[string]int64{}
 	var takeovers []time.Duration
+	midCommit := 0
 	for round := range rounds {
 		// A burst of writes; the writer is killed in the middle of it.
 		wctx, stopWrites := context.WithCancel(ctx)
@@ -173,6 +212,14 @@ func TestReplicas(t *testing.T) {
 		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
 		w := c.writer(t)
 		require.GreaterOrEqual(t, w, 0, "round %d: no replica is the writer", round)
+		how := "at a random moment"
+		if round%2 == 0 {
+			// In the middle of a commit: while the writer uploads a data
+			// file or appends a manifest entry.
+			waitFor(t, 30*time.Second, "the writer to commit", func() bool { return proxy.inflight.Load() > 0 })
+			how = "in the middle of a commit"
+			midCommit++
+		}
 		killed := time.Now()
 		c.kill(t, w)
 		var next int
@@ -182,7 +229,7 @@ func TestReplicas(t *testing.T) {
 		})
 		took := time.Since(killed)
 		takeovers = append(takeovers, took)
-		t.Logf("round %d: killed writer r%d; r%d holds the slot after %s", round, w, next, took.Round(time.Millisecond))
+		t.Logf("round %d: killed writer r%d %s; r%d holds the slot after %s", round, w, how, next, took.Round(time.Millisecond))
 		c.start(t, w)
 		time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
 		stopWrites()
@@ -262,7 +309,7 @@ func TestReplicas(t *testing.T) {
 		require.Less(t, c.peakRSS[i], int64(512<<20), "replica r%d peak RSS", i)
 	}
 	slices.Sort(takeovers)
-	t.Logf("%d writer kills; slot held again after %s (median) and %s (max)", len(takeovers),
+	t.Logf("%d writer kills (%d in the middle of a commit); slot held again after %s (median) and %s (max)", len(takeovers), midCommit,
 		takeovers[len(takeovers)/2].Round(time.Millisecond), takeovers[len(takeovers)-1].Round(time.Millisecond))
 }
 
