@@ -62,6 +62,11 @@ var knownMetrics = []string{
 	"exportd_emails_total",
 	"exportd_requests_parked_oldest_seconds",
 	"exportd_exports_running",
+	"exportd_requests_taken_over_total",
+	"exportd_replication_takeovers_total",
+	"exportd_cluster_members_alive",
+	"exportd_cluster_heartbeat_failures_total",
+	"exportd_cluster_heartbeat_age_seconds",
 }
 
 // plannedMetrics are known metrics that the code does not define yet.
@@ -78,6 +83,9 @@ var alertNames = []string{
 	"ExportdRequestsFailed",
 	"ExportdRequestParkedTooLong",
 	"ExportdDeadLetters",
+	"ExportdClusterHeartbeatFailing",
+	"ExportdReplicaMissing",
+	"ExportdFrequentTakeovers",
 }
 
 // dsVariable is the dashboard's data source variable.
