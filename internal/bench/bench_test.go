@@ -89,7 +89,7 @@ func TestScaleS(t *testing.T) {
 	}
 	require.False(t, res.Render.DuckDB.Ran)
 	fo := res.Failover
-	require.Len(t, fo.Kills, failoverKills)
+	require.Len(t, fo.Kills, failoverKills(sc))
 	for _, k := range fo.Kills {
 		require.Positive(t, k.ToStream)
 		require.GreaterOrEqual(t, k.ToApplied, k.ToStream)
