@@ -7,4 +7,8 @@
 // made durable, so a crash at any moment loses nothing and applies nothing twice.
 // A slot that was dropped or invalidated is detected, reported, and answered
 // with a fresh snapshot.
+//
+// With shared staging a replica streams only as the staging writer: a
+// standby waits in the session until the writer is gone, then takes over
+// (snapshot.Store.Acquire) and streams from the last committed position.
 package cdc

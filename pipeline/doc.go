@@ -15,4 +15,9 @@
 // deflated as zip entries; an Exporter copies an entry instead of rendering
 // its CSV when the staged rows are exactly that base file's
 // (prerender.go).
+//
+// Request records live in a RequestStore (one replica's disk) or a
+// SharedRequestStore (a bucket several replicas share, written with
+// compare-and-swap); with Peers the Service processes the requests its
+// replica owns and takes over those of replicas that are gone.
 package pipeline

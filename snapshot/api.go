@@ -50,6 +50,15 @@
 // then referenced by a synced manifest edit in pebble (the commit marker);
 // Open removes every data file the manifest does not reference, finishes or
 // discards pending index updates and drops index entries of unknown tables.
+//
+// # Shared staging
+//
+// With Options.Shared the same store lives in a bucket several replicas
+// share (shared.go): data files are uploaded before the manifest entry that
+// names them is appended to a log in the bucket with a conditional write,
+// which is the commit. One replica, the writer (Store.Acquire), writes; the
+// others follow the log, and a writer another replica took over from is
+// fenced: its commits fail with ErrFenced.
 package snapshot
 
 import (
