@@ -164,7 +164,8 @@ func TestCrashRecovery(t *testing.T) {
 	checkOracle(t, ctx, e, store)
 }
 
-// TestLargeTransaction applies one transaction of 2 million row changes on a
+// TestLargeTransaction applies one transaction of 1 million row changes (about
+// 200 MB of rows, three times the 64 MiB a batch holds before it spills) on a
 // table whose key lacks the tenant id, with the daemon's peak RSS under 512 MiB.
 func TestLargeTransaction(t *testing.T) {
 	if testing.Short() {
@@ -178,11 +179,11 @@ func TestLargeTransaction(t *testing.T) {
 	waitConfirmed(t, ctx, e, e.currentLSN(t, ctx), time.Minute)
 
 	tenant := e.tenantIDs()[0]
-	require.NoError(t, gen.BigTransaction(ctx, e.admin, tenant, 2_000_000))
+	require.NoError(t, gen.BigTransaction(ctx, e.admin, tenant, 1_000_000))
 	target := e.currentLSN(t, ctx)
 	waitConfirmed(t, ctx, e, target, 8*time.Minute)
 	peak := d.peakRSS(t)
-	t.Logf("2,000,000-change transaction applied; daemon peak RSS %.1f MiB", float64(peak)/(1<<20))
+	t.Logf("1,000,000-change transaction applied; daemon peak RSS %.1f MiB", float64(peak)/(1<<20))
 	require.Less(t, peak, int64(512<<20), "peak RSS")
 	d.terminate(t)
 
@@ -192,5 +193,5 @@ func TestLargeTransaction(t *testing.T) {
 	defer v.Close()
 	n, err := oracleCompare(ctx, e, v, refschema.AuditLogs, strconv.FormatInt(tenant, 10))
 	require.NoError(t, err)
-	require.GreaterOrEqual(t, n, 2_000_000)
+	require.GreaterOrEqual(t, n, 1_000_000)
 }
