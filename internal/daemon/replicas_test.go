@@ -207,7 +207,7 @@ func TestReplicas(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, werr = gen.Workload{Seed: int64(round), Tenants: tenants, Workers: 2}.Run(wctx, c.pg.URL)
+			_, werr = gen.Workload{Seed: int64(round), Tenants: tenants, Workers: 1}.Run(wctx, c.pg.URL)
 		}()
 		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
 		w := c.writer(t)
